@@ -1,0 +1,299 @@
+"""Typed configuration: dataclass sections, YAML files, dotted `key=value` overrides.
+
+One schema for every command. Unknown keys fail with one line naming the nearest valid key;
+the resolved config is written next to every output (`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+SPLITS = ("train", "validation", "test")
+
+
+def _one_of(key: str, value: object, choices: typing.Iterable[object]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset is, how it is laid out, cleaned and split."""
+
+    layout: str = "manifest"
+    root: str | None = None
+    # Split used by evaluate / benchmark / preview.
+    split: str = "test"
+    # Keep at most this many samples per split (quick runs); None keeps all.
+    limit: int | None = None
+    # --- text normalisation (applied at read time, identically for every layout) ---
+    unicode_form: str = "NFC"
+    collapse_whitespace: bool = True
+    # Ordered [from, to] string replacements, e.g. [["_", " "], ["ç", "z"]].
+    replacements: list[list[str]] = field(default_factory=list)
+    case: str = "keep"
+    # Allowed characters; None allows everything. See alphabet_policy.
+    alphabet: str | None = None
+    alphabet_policy: str = "drop"
+    min_text_length: int = 1
+    max_text_length: int | None = None
+    # --- image checks ---
+    check_images: str = "header"
+    min_image_side: int = 4
+    # --- splits ---
+    # Ignore the layout's own splits (partition files, CSV names, split column) and re-split.
+    resplit: bool = False
+    split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # Group key that no split may straddle: page, manuscript, writer (where the layout has it).
+    group_by: str | None = None
+    seed: int = 42
+    # --- layout-specific keys (README lists which layout reads which) ---
+    encoding: str = "utf-8"
+    partition_dir: str | None = None
+    image_column: str = "image"
+    text_column: str = "text"
+    split_column: str = "split"
+    id_column: str = "id"
+    xml_glob: str = "**/*.xml"
+    line_types: list[str] = field(default_factory=list)
+    crop_padding: int = 4
+    polygon_mask: bool = False
+    on_duplicate_page: str = "first"
+    cache_dir: str | None = None
+    hf_config: str | None = None
+
+    def __post_init__(self) -> None:
+        from .data.layouts import LAYOUTS  # registry: names only, no heavy imports
+
+        _one_of("data.layout", self.layout, LAYOUTS)
+        _one_of("data.split", self.split, SPLITS)
+        _one_of("data.unicode_form", self.unicode_form, ("NFC", "NFD", "NFKC", "NFKD", "none"))
+        _one_of("data.case", self.case, ("keep", "lower", "upper"))
+        _one_of("data.alphabet_policy", self.alphabet_policy, ("drop", "strip"))
+        _one_of("data.check_images", self.check_images, ("none", "header", "decode"))
+        _one_of("data.on_duplicate_page", self.on_duplicate_page, ("first", "error"))
+        if self.group_by is not None:
+            _one_of("data.group_by", self.group_by, ("page", "manuscript", "writer"))
+        for i, pair in enumerate(self.replacements):
+            if len(pair) != 2:
+                raise UserError(f"data.replacements[{i}] must be a [from, to] pair, got {pair!r}")
+        if len(self.split_ratios) != 3 or any(r < 0 for r in self.split_ratios):
+            raise UserError("data.split_ratios must be three non-negative numbers (train, validation, test)")
+        if abs(sum(self.split_ratios) - 1.0) > 1e-6:
+            raise UserError(f"data.split_ratios must sum to 1, got {sum(self.split_ratios):g}")
+        if self.min_text_length < 0:
+            raise UserError("data.min_text_length must be >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("data.limit must be >= 1 (or null)")
+        if self.crop_padding < 0:
+            raise UserError("data.crop_padding must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from."""
+
+    # Hub id or local directory of a VisionEncoderDecoderModel checkpoint.
+    name_or_path: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning settings."""
+
+    output_dir: str = "runs/train"
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    """How predictions are scored."""
+
+    # Applied identically to predictions and references of every system compared.
+    metric_unicode_form: str = "NFC"
+    metric_collapse_whitespace: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of("eval.metric_unicode_form", self.metric_unicode_form, ("NFC", "NFKC", "none"))
+
+
+@dataclass
+class OptimizeConfig:
+    """Settings of the optimized variants."""
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one command."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Building configs from YAML and overrides
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every valid dotted key of the schema, e.g. `data.layout`."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys.extend(all_keys(hints[f.name], name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _unknown_key(key: str) -> UserError:
+    near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not near:  # a bare field name without its section, e.g. `layout=...`
+        near = [k for k in all_keys() if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:1]
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(value: Any, tp: Any, key: str, raw: bool) -> Any:
+    """Convert `value` to type `tp`; `raw` means value is an unparsed command-line string."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (raw and str(value).lower() in ("null", "none", "~", "")):
+            return None
+        return _coerce(value, inner[0], key, raw)
+    if value is None:
+        raise UserError(f"{key} may not be null")
+    if origin is list:
+        if raw:
+            text = str(value).strip()
+            value = yaml.safe_load(text) if text.startswith("[") else [v for v in text.split(",") if v]
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, args[0], f"{key}[{i}]", False) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise UserError(f"{key} must be a number, got {value!r}")
+        try:
+            number = float(value)  # accepts "1e-3", "64", 64, 6.4e1
+            if tp is int:
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return number
+        except (TypeError, ValueError):
+            raise UserError(
+                f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}"
+            ) from None
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a schema bug, not user input
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, raw_keys: set[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        key = prefix + name
+        if name not in fields:
+            raise _unknown_key(key)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise UserError(f"'{key}' must be a section (mapping), got {value!r}")
+            kwargs[name] = _build(tp, value, key + ".", raw_keys)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, tp, key, key in raw_keys)
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, str]:
+    """`["data.root=x", ...]` -> `{"data.root": "x"}`; bad items fail with one line."""
+    out: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load YAML (optional), apply dotted overrides, validate, return the typed config."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f":{line + 1}" if line is not None else ""
+            raise UserError(f"{p}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: the config must be a mapping of sections")
+        tree = loaded
+    raw_keys = set()
+    valid = set(all_keys())
+    for key, value in parse_overrides(overrides).items():
+        if key not in valid:
+            raise _unknown_key(key)
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[leaf] = value
+        raw_keys.add(key)
+    return _build(Config, tree, "", raw_keys)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (loadable again by `load_config`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return p

@@ -1,0 +1,109 @@
+"""Typed config: YAML + dotted overrides, validation, nearest-key errors, shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trocr_tune.config import Config, all_keys, load_config, save_config
+from trocr_tune.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_validate() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.data.layout == "manifest" and cfg.data.split_ratios == [0.8, 0.1, 0.1]
+
+
+def test_overrides_are_typed() -> None:
+    cfg = load_config(
+        None,
+        [
+            "data.layout=alto",
+            "data.root=01234",
+            "data.limit=10",
+            "data.polygon_mask=yes",
+            "data.split_ratios=[0.5, 0.25, 0.25]",
+            "data.line_types=Handwritten,Print",
+            'data.replacements=[["_", " "]]',
+            "data.max_text_length=null",
+            "data.seed=1e3",
+        ],
+    )
+    d = cfg.data
+    assert d.root == "01234"  # strings stay strings (no YAML number parsing)
+    assert d.limit == 10 and d.polygon_mask is True and d.seed == 1000
+    assert d.split_ratios == [0.5, 0.25, 0.25]
+    assert d.line_types == ["Handwritten", "Print"]
+    assert d.replacements == [["_", " "]]
+    assert d.max_text_length is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.layot=alto", "unknown config key 'data.layot' (did you mean 'data.layout'?)"),
+        ("layout=alto", "unknown config key 'layout' (did you mean 'data.layout'?)"),
+        ("data.layout=pagexml", "data.layout='pagexml' is not one of"),
+        ("data.limit=abc", "data.limit must be an integer, got 'abc'"),
+        ("data.polygon_mask=maybe", "data.polygon_mask must be true or false"),
+        ("data.split_ratios=[0.5, 0.5, 0.5]", "data.split_ratios must sum to 1"),
+        ("data.group_by=author", "data.group_by='author' is not one of"),
+        ("data.replacements=[[a]]", "data.replacements[0] must be a [from, to] pair"),
+        ("data.root", "expected key=value"),
+    ],
+)
+def test_bad_overrides_fail_in_one_line(override: str, message: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_in_yaml_names_nearest(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  layout: alto\n  xml_glb: '*.xml'\n")
+    with pytest.raises(
+        UserError, match=r"unknown config key 'data.xml_glb' \(did you mean 'data.xml_glob'\?\)"
+    ):
+        load_config(path)
+    path.write_text("dta:\n  layout: alto\n")
+    with pytest.raises(UserError, match=r"unknown config key 'dta'"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  layout: [alto\n")
+    with pytest.raises(UserError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_config(path)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_saved_config_loads_back_identically(tmp_path: Path) -> None:
+    cfg = load_config(None, ["data.layout=rodrigo", 'data.replacements=[["ç", "z"]]', "data.limit=5"])
+    path = save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(path) == cfg
+    assert yaml.safe_load(path.read_text(encoding="utf-8"))["data"]["replacements"] == [["ç", "z"]]
+
+
+def test_every_key_is_documented_by_a_dotted_name() -> None:
+    keys = all_keys()
+    assert "data.layout" in keys and "eval.metric_unicode_form" in keys
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_validates(path: Path) -> None:
+    cfg = load_config(path)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert cfg.data.layout == raw["data"]["layout"]
+
+
+def test_configs_folder_is_not_empty() -> None:
+    assert len(CONFIGS) >= 3
