@@ -1,0 +1,113 @@
+"""Manifest layout: CSV / TSV / JSONL rows of image path + text (optional split, id, meta)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from ...config import SPLITS, DataConfig
+from ...errors import UserError
+from ..records import DropLog, LineSample
+from .common import PARTITION_NAMES, canonical_split, csv_rows, decoded_lines
+
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+GROUP_KEYS = ("page", "manuscript", "writer")
+BAD_JSON = "invalid JSON line"
+NO_IMAGE_FIELD = "row without an image path"
+UNKNOWN_SPLIT = "unknown split value"
+
+
+def manifest_files(root: Path) -> list[tuple[Path, str | None]]:
+    """The manifest file(s) under `root`, with the split implied by a per-split file name."""
+    if root.is_file():
+        return [(root, None)]
+    for suffix in (*JSON_SUFFIXES, ".csv", ".tsv"):
+        single = root / f"manifest{suffix}"
+        if single.is_file():
+            return [(single, None)]
+    per_split: list[tuple[Path, str | None]] = []
+    for split, names in PARTITION_NAMES.items():
+        for name in names:
+            for suffix in (*JSON_SUFFIXES, ".csv", ".tsv"):
+                if (root / f"{name}{suffix}").is_file():
+                    per_split.append((root / f"{name}{suffix}", split))
+    if not per_split:
+        raise UserError(
+            f"{root}: no manifest found (looked for manifest.jsonl/.csv/.tsv and "
+            f"{{{','.join(SPLITS)}}}.jsonl/.csv/.tsv); or set data.root to the manifest file"
+        )
+    return per_split
+
+
+def _json_rows(path: Path, cfg: DataConfig, log: DropLog) -> Iterator[tuple[int, dict]]:
+    for number, line in decoded_lines(path, cfg.encoding, log):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.drop(BAD_JSON, f"{path.name}:{number}")
+            continue
+        if not isinstance(row, dict):
+            log.drop(BAD_JSON, f"{path.name}:{number}")
+            continue
+        yield number, row
+
+
+def _delimited_rows(path: Path, cfg: DataConfig, log: DropLog) -> Iterator[tuple[int, dict]]:
+    rows = csv_rows(path, cfg.encoding, log, delimiter=DELIMITERS.get(path.suffix.lower(), ","))
+    header = next(rows, None)
+    if header is None:
+        return
+    columns = [c.strip() for c in header[1]]
+    for key in (cfg.image_column, cfg.text_column):
+        if key not in columns:
+            name = "data.image_column" if key == cfg.image_column else "data.text_column"
+            raise UserError(f"{path}:1: no column '{key}' ({name}); columns are: {', '.join(columns)}")
+    for number, fields in rows:
+        if not any(f.strip() for f in fields):
+            continue
+        yield number, dict(zip(columns, fields, strict=False))
+
+
+def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSample]:
+    """Rows of the manifest(s); relative image paths resolve against the manifest's folder."""
+    for path, file_split in manifest_files(root):
+        folder = os.path.abspath(path.parent)
+        is_json = path.suffix.lower() in JSON_SUFFIXES
+        rows = _json_rows(path, cfg, log) if is_json else _delimited_rows(path, cfg, log)
+        first = True
+        for number, row in rows:
+            source = f"{path.name}:{number}"
+            if first and is_json and cfg.image_column not in row:
+                raise UserError(
+                    f"{source}: no key '{cfg.image_column}' (data.image_column); keys are: {', '.join(row)}"
+                )
+            first = False
+            image = row.get(cfg.image_column)
+            if not isinstance(image, str) or not image.strip():
+                log.drop(NO_IMAGE_FIELD, source, file_split)
+                continue
+            text = row.get(cfg.text_column)
+            split = file_split
+            raw_split = row.get(cfg.split_column)
+            if raw_split not in (None, ""):
+                split = canonical_split(str(raw_split))
+                if split is None:
+                    log.drop(UNKNOWN_SPLIT, source, file_split)
+                    continue
+            raw_id = row.get(cfg.id_column)
+            extra = row.get("meta") if is_json else None
+            meta = {k: str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
+            meta.update({k: str(row[k]) for k in GROUP_KEYS if row.get(k) not in (None, "")})
+            yield LineSample(
+                image=os.path.normpath(os.path.join(folder, os.path.expanduser(image.strip()))),
+                text=text if isinstance(text, str) else ("" if text is None else str(text)),
+                split=split,
+                id=str(raw_id) if raw_id not in (None, "") else image.strip(),
+                source=source,
+                meta=meta,
+            )

@@ -1,0 +1,67 @@
+"""LineSample, the single record type every layout produces, and the log of dropped samples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+ALL = "all"  # split name used for drops that happen before a split is known
+
+
+@dataclass(frozen=True)
+class LineSample:
+    """One line image and its transcription.
+
+    Attributes:
+        image: path of a readable image file (the original, or a cached crop of a page).
+        text: the normalised transcription.
+        split: train / validation / test, or None until the splitter assigns one.
+        id: unique within the dataset.
+        source: where the record came from, e.g. ``written_name_train_v2.csv:17`` or
+            ``page.xml#line_3``, so every message can name the file/row at fault.
+        meta: extra keys, among them the group keys ``page``, ``manuscript``, ``writer``.
+        size: (width, height) when known without opening the image (cached crops).
+    """
+
+    image: str
+    text: str
+    split: str | None
+    id: str
+    source: str
+    meta: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    size: tuple[int, int] | None = field(default=None, compare=False)
+
+    def with_(self, **changes: object) -> LineSample:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass
+class DropLog:
+    """Counts every dropped sample by (split, reason) and keeps a few examples of each."""
+
+    examples_per_reason: int = 3
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, source: str, split: str | None = None, count: int = 1) -> None:
+        """Record that `count` samples from `source` were dropped for `reason`."""
+        self.counts[(split or ALL, reason)] += count
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < self.examples_per_reason:
+            shown.append(source)
+
+    def note(self, message: str) -> None:
+        """A remark about the data that is not a dropped sample (e.g. a file skipped)."""
+        if message not in self.notes:
+            self.notes.append(message)
+
+    def total(self, split: str | None = None) -> int:
+        return sum(n for (s, _), n in self.counts.items() if split is None or s == split)
+
+    def by_reason(self, split: str | None = None) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (s, reason), n in self.counts.items():
+            if split is None or s == split:
+                out[reason] += n
+        return out

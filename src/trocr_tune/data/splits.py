@@ -1,0 +1,110 @@
+"""Split assignment: layout-given splits, seeded ratio splits, and group-aware splits."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+from ..config import SPLITS, DataConfig
+from ..errors import UserError
+from .records import DropLog, LineSample
+
+
+def _targets(n: int, ratios: Sequence[float]) -> list[int]:
+    """Exact per-split counts for n items; every split with a ratio > 0 gets at least one when n allows."""
+    counts = [round(n * r) for r in ratios]
+    nonzero = [i for i, r in enumerate(ratios) if r > 0]
+    if n >= len(nonzero):
+        for i in nonzero:
+            counts[i] = max(counts[i], 1)
+    # Train absorbs the rounding difference.
+    counts[0] = n - sum(counts[1:])
+    if counts[0] < 0:
+        counts[0] = 0
+    return counts
+
+
+def ratio_split(samples: list[LineSample], ratios: Sequence[float], seed: int) -> list[LineSample]:
+    """Seeded shuffle, then cut into train/validation/test of the requested sizes."""
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    counts = _targets(len(samples), ratios)
+    out = list(samples)
+    start = 0
+    for split, count in zip(SPLITS, counts, strict=True):
+        for i in order[start : start + count]:
+            out[i] = samples[i].with_(split=split)
+        start += count
+    return out
+
+
+def group_split(
+    samples: list[LineSample], key: str, ratios: Sequence[float], seed: int, log: DropLog
+) -> list[LineSample]:
+    """Assign whole groups (pages, writers, manuscripts) to splits so no group straddles two.
+
+    Groups are shuffled with the seed. Each split with a ratio > 0 first receives one group
+    (the first, in shuffled order, that fits its target), so small corpora still get a
+    validation and a test set; the rest go, in shuffled order, to the split furthest below its
+    target line count.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        value = s.meta.get(key)
+        if value is None:
+            hint = "set data.group_by to a key the layout provides"
+            raise UserError(f"data.group_by={key}: {s.source} has no '{key}' ({hint})")
+        groups[value].append(i)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    n = len(samples)
+    target = [r * n for r in ratios]
+    current = [0.0, 0.0, 0.0]
+    assignment: dict[str, int] = {}
+    nonzero = sorted((i for i, r in enumerate(ratios) if r > 0), key=lambda i: target[i])
+    if len(names) >= len(nonzero):
+        for split in nonzero:
+            free = [g for g in names if g not in assignment]
+            fitting = [g for g in free if len(groups[g]) <= target[split]]
+            pick = fitting[0] if fitting else min(free, key=lambda g: len(groups[g]))
+            assignment[pick] = split
+            current[split] += len(groups[pick])
+    for g in names:
+        if g in assignment:
+            continue
+        split = max(nonzero, key=lambda i: (target[i] - current[i]) / target[i])
+        assignment[g] = split
+        current[split] += len(groups[g])
+    out = list(samples)
+    for g, idx in groups.items():
+        for i in idx:
+            out[i] = samples[i].with_(split=SPLITS[assignment[g]])
+    per = [sorted(g for g, s in assignment.items() if s == k) for k in range(3)]
+    log.note(
+        f"group split by {key}: "
+        + ", ".join(f"{SPLITS[k]} {len(per[k])} groups ({int(current[k])} lines)" for k in range(3))
+    )
+    return out
+
+
+def assign_splits(samples: list[LineSample], cfg: DataConfig, log: DropLog) -> list[LineSample]:
+    """Keep layout-given splits unless data.resplit; split the rest by ratio or by group."""
+    if cfg.resplit:
+        samples = [s.with_(split=None) for s in samples]
+    given = [s for s in samples if s.split is not None]
+    pending = [s for s in samples if s.split is None]
+    if not pending:
+        if cfg.group_by:
+            log.note(
+                f"data.group_by={cfg.group_by} not applied: the layout gives every sample a split "
+                "(set data.resplit=true to re-split)"
+            )
+        return samples
+    if given:
+        log.note(f"{len(pending)} samples had no split in the data and were split by data.split_ratios")
+    if cfg.group_by:
+        pending = group_split(pending, cfg.group_by, cfg.split_ratios, cfg.seed, log)
+    else:
+        pending = ratio_split(pending, cfg.split_ratios, cfg.seed)
+    return given + pending
