@@ -1,0 +1,1 @@
+"""Dataset side: layouts -> LineSample records -> cleaned, split samples."""
