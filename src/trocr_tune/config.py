@@ -102,30 +102,108 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which model to start from."""
+    """Which model to start from and the input geometry it sees."""
 
-    # Hub id or local directory of a VisionEncoderDecoderModel checkpoint.
+    # Hub id (e.g. microsoft/trocr-base-handwritten) or local directory of a checkpoint.
     name_or_path: str | None = None
+    # From-scratch architecture (tiny/small/base) with a character tokenizer built from the data.
+    preset: str | None = None
+    # processor: the checkpoint's own resize; line: aspect-preserving resize + pad to
+    # image_height x image_width; reference: the first reference pipeline's 256x50 resize + pad.
+    geometry: str = "line"
+    image_height: int = 64
+    image_width: int = 512
+    dropout: float = 0.1
+    # Generation budget; null = longest label of the data (in tokens) + 10%.
+    max_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        _one_of("model.geometry", self.geometry, ("processor", "line", "reference"))
+        if self.name_or_path and self.preset:
+            raise UserError(
+                "set either model.name_or_path (a pretrained checkpoint) or model.preset, not both"
+            )
+        if self.preset is not None:
+            from .model.presets import PRESETS
+
+            _one_of("model.preset", self.preset, PRESETS)
+        if self.image_height < 8 or self.image_width < 8:
+            raise UserError("model.image_height and model.image_width must be >= 8")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError("model.max_new_tokens must be >= 1 (or null)")
 
 
 @dataclass
 class TrainConfig:
-    """Fine-tuning settings."""
+    """Fine-tuning settings (Transformers Seq2SeqTrainer underneath)."""
 
     output_dir: str = "runs/train"
     seed: int = 42
+    # Stop after this many optimizer steps (overrides epochs when set).
+    max_steps: int | None = None
+    epochs: float = 10.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    # null: 5e-5 for a pretrained checkpoint, 1e-3 for a from-scratch preset.
+    learning_rate: float | None = None
+    weight_decay: float = 0.01
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    label_smoothing: float = 0.0
+    max_grad_norm: float = 1.0
+    # auto: bf16 (or fp16) on CUDA, bf16 autocast on CPUs with native bf16, else fp32.
+    precision: str = "auto"
+    # Evaluate (with generate) and checkpoint every N steps; null = every epoch.
+    eval_steps: int | None = None
+    logging_steps: int = 10
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = None
+    # Continue from the last checkpoint in output_dir.
+    resume: bool = False
+    augment: str = "none"
+    bucket_by_width: bool = False
+    num_workers: int = 2
+    # Optional experiment trackers: none, tensorboard, wandb (when installed).
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        from .data.augment import POLICIES
+
+        _one_of("train.scheduler", self.scheduler, ("cosine", "linear", "constant_with_warmup"))
+        _one_of("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _one_of("train.augment", self.augment, POLICIES)
+        for name in ("batch_size", "grad_accum", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("train.max_steps must be >= 1 (or null)")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise UserError("train.eval_steps must be >= 1 (or null)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError("train.warmup_ratio must be in [0, 1)")
+        if self.num_workers < 0:
+            raise UserError("train.num_workers must be >= 0")
+        for tracker in self.report_to:
+            _one_of("train.report_to", tracker, ("none", "tensorboard", "wandb"))
 
 
 @dataclass
 class EvalConfig:
-    """How predictions are scored."""
+    """How predictions are generated and scored."""
 
+    batch_size: int = 16
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     # Applied identically to predictions and references of every system compared.
     metric_unicode_form: str = "NFC"
     metric_collapse_whitespace: bool = True
 
     def __post_init__(self) -> None:
         _one_of("eval.metric_unicode_form", self.metric_unicode_form, ("NFC", "NFKC", "none"))
+        if self.batch_size < 1 or self.num_beams < 1 or self.no_repeat_ngram_size < 0:
+            raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Model side: loading, from-scratch presets, tokenizer, input geometry."""

@@ -1,0 +1,225 @@
+"""Load a pretrained TrOCR or build a preset, keep special tokens consistent, save loadable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderModel
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import UserError
+from .geometry import (
+    encoder_image_size,
+    line_image_processor,
+    resample_position_embeddings,
+    stretch_image_processor,
+    target_size,
+)
+from .presets import build_preset_model
+from .tokenizer import build_char_tokenizer, encode_label
+
+INFO_FILE = "trocr_tune.json"
+
+
+@dataclass
+class ModelInfo:
+    """What trocr-tune records beside a checkpoint (plain Transformers ignores this file)."""
+
+    source: str  # hub id / directory / "preset:tiny"
+    geometry: str
+    image_height: int
+    image_width: int
+    max_new_tokens: int
+    trocr_tune_version: str = __version__
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ModelBundle:
+    """A model with its processor (image processor + tokenizer) and trocr-tune's metadata."""
+
+    model: VisionEncoderDecoderModel
+    processor: TrOCRProcessor
+    info: ModelInfo
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self) -> Any:
+        return self.processor.image_processor
+
+
+def max_new_tokens_for(tokenizer: Any, texts: Sequence[str]) -> int:
+    """Longest label in tokens (eos included) plus 10% headroom: never the library default of 20."""
+    longest = max((len(encode_label(tokenizer, t)) for t in texts), default=1)
+    return longest + max(2, math.ceil(0.1 * longest))
+
+
+def set_generation_budget(model: VisionEncoderDecoderModel, max_new_tokens: int) -> None:
+    """Store the budget as `max_length` = 1 decoder-start token + `max_new_tokens`.
+
+    One length setting only (Transformers warns when both are set, and the Seq2SeqTrainer
+    pads generated ids to `max_length`); plain `generate` then stops at the same place.
+    """
+    model.generation_config.max_new_tokens = None
+    model.generation_config.max_length = max_new_tokens + 1
+
+
+def resolve_special_tokens(model: VisionEncoderDecoderModel, tokenizer: Any) -> None:
+    """Make config and generation config agree on pad / eos / decoder start.
+
+    The decoder start comes from the generation config when it has one (that is what
+    `generate` uses), else the model config, else the decoder config, else eos (fairseq TrOCR).
+    Training (`shift_tokens_right`) and `generate` then use the same token.
+    """
+    gen = model.generation_config
+    start = next(
+        v
+        for v in (
+            gen.decoder_start_token_id if gen is not None else None,
+            getattr(model.config, "decoder_start_token_id", None),
+            getattr(model.config.decoder, "decoder_start_token_id", None),
+            tokenizer.eos_token_id,
+        )
+        if v is not None
+    )
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no pad or eos token; TrOCR fine-tuning needs both")
+    model.config.decoder_start_token_id = start
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    decoder_config: Any = model.config.decoder
+    model.config.vocab_size = decoder_config.vocab_size
+    if gen is None:
+        gen = model.generation_config = GenerationConfig()
+    gen.decoder_start_token_id = start
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.bos_token_id = tokenizer.bos_token_id
+
+
+def check_special_tokens(model: VisionEncoderDecoderModel, tokenizer: Any) -> None:
+    """Fail with one clear line when training and generation would disagree on special tokens."""
+    cfg: Any = model.config
+    gen = model.generation_config
+    problems = []
+    start = getattr(cfg, "decoder_start_token_id", None)
+    if start is None:
+        problems.append("model.config.decoder_start_token_id is not set")
+    if gen.decoder_start_token_id not in (None, start):
+        problems.append(
+            f"generate starts decoding with token {gen.decoder_start_token_id} but training uses {start}"
+        )
+    if getattr(cfg, "pad_token_id", None) != tokenizer.pad_token_id:
+        problems.append(
+            f"model pad token {getattr(cfg, 'pad_token_id', None)} != tokenizer pad token "
+            f"{tokenizer.pad_token_id}"
+        )
+    if gen.eos_token_id not in (tokenizer.eos_token_id, [tokenizer.eos_token_id]):
+        problems.append(
+            f"generation eos token {gen.eos_token_id} != tokenizer eos token {tokenizer.eos_token_id}"
+        )
+    if len(tokenizer) > cfg.decoder.vocab_size:
+        problems.append(
+            f"tokenizer has {len(tokenizer)} tokens but the decoder only {cfg.decoder.vocab_size}"
+        )
+    label = encode_label(tokenizer, "a")
+    if tokenizer.bos_token_id is not None and label[0] == tokenizer.bos_token_id:
+        problems.append("the tokenizer puts <s> at the start of labels (the double <s> bug)")
+    if problems:
+        raise UserError("inconsistent special tokens: " + "; ".join(problems))
+
+
+def _load_pretrained(name: str) -> tuple[VisionEncoderDecoderModel, TrOCRProcessor]:
+    try:
+        model = VisionEncoderDecoderModel.from_pretrained(name)
+        processor = TrOCRProcessor.from_pretrained(name)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load checkpoint {name!r}: {first}") from None
+    return model, processor
+
+
+def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: Sequence[str]) -> ModelBundle:
+    """The model to fine-tune: a pretrained checkpoint adapted to the geometry, or a fresh preset."""
+    height, width = target_size(cfg.geometry, cfg.image_height, cfg.image_width)
+    if cfg.preset:
+        tokenizer = build_char_tokenizer(train_texts)
+        max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
+        image_processor: Any
+        if cfg.geometry == "processor":
+            image_processor = stretch_image_processor(height, width)
+        else:
+            image_processor = line_image_processor(height, width)
+        special = {
+            "pad": tokenizer.pad_token_id,
+            "bos": tokenizer.bos_token_id,
+            "eos": tokenizer.eos_token_id,
+            "start": tokenizer.bos_token_id,
+        }
+        positions = max(64, 2 ** math.ceil(math.log2(max_new + 2)))
+        model = build_preset_model(cfg.preset, len(tokenizer), height, width, positions, special, cfg.dropout)
+        processor = TrOCRProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        source = f"preset:{cfg.preset}"
+    elif cfg.name_or_path:
+        model, processor = _load_pretrained(cfg.name_or_path)
+        tokenizer = processor.tokenizer
+        max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
+        if cfg.geometry != "processor":
+            resample_position_embeddings(model, height, width)
+            mean = getattr(processor.image_processor, "image_mean", None)
+            std = getattr(processor.image_processor, "image_std", None)
+            processor = TrOCRProcessor(
+                image_processor=line_image_processor(height, width, mean, std), tokenizer=tokenizer
+            )
+        else:
+            height, width = encoder_image_size(model) or (cfg.image_height, cfg.image_width)
+        decoder_config: Any = model.config.decoder
+        positions = getattr(decoder_config, "max_position_embeddings", None)
+        if positions is not None and max_new + 2 > positions:
+            raise UserError(f"labels need {max_new} tokens but the decoder has only {positions} positions")
+        source = cfg.name_or_path
+    else:
+        raise UserError("set model.name_or_path (hub id or directory) or model.preset (tiny/small/base)")
+    resolve_special_tokens(model, processor.tokenizer)
+    set_generation_budget(model, max_new)
+    info = ModelInfo(source, cfg.geometry, height, width, max_new)
+    return ModelBundle(model, processor, info)
+
+
+def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
+    """Write model (safetensors), processor and trocr_tune.json; plain Transformers loads the folder."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle.model.save_pretrained(out)
+    bundle.processor.save_pretrained(out)
+    (out / INFO_FILE).write_text(json.dumps(asdict(bundle.info), indent=2), encoding="utf-8")
+    return out
+
+
+def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
+    """Load a checkpoint for evaluation/prediction (a trocr-tune run's model/ or any TrOCR)."""
+    name = str(path)
+    model, processor = _load_pretrained(name)
+    info_path = Path(name) / INFO_FILE
+    if info_path.is_file():
+        raw = json.loads(info_path.read_text(encoding="utf-8"))
+        info = ModelInfo(**{k: v for k, v in raw.items() if k in ModelInfo.__dataclass_fields__})
+    else:
+        height, width = encoder_image_size(model) or (384, 384)
+        max_new = model.generation_config.max_new_tokens or 128
+        info = ModelInfo(name, "processor", height, width, max_new)
+    resolve_special_tokens(model, processor.tokenizer)
+    set_generation_budget(model, info.max_new_tokens)
+    check_special_tokens(model, processor.tokenizer)
+    model.eval()
+    return ModelBundle(model, processor, info)

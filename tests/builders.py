@@ -1,0 +1,110 @@
+"""Builders for model tests: a hub-like TrOCR checkpoint and small line-image manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from tokenizers import ByteLevelBPETokenizer, processors
+from transformers import (
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    TrOCRConfig,
+    TrOCRProcessor,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+    ViTConfig,
+)
+from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+WORDS = ["uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez", "once", "doce"]
+
+
+def build_roberta_style_checkpoint(path: Path, image_size: int = 64) -> Path:
+    """A tiny checkpoint shaped like microsoft/trocr-*: byte-level BPE tokenizer whose
+    `tokenizer(text)` adds <s> ... </s> (<s>=0, <pad>=1, </s>=2), decoder start token 2, a ViT
+    encoder with a square image size and a ViT image processor; saved with save_pretrained."""
+    bpe = ByteLevelBPETokenizer()
+    corpus = [" ".join(WORDS)] * 20 + ["el rey don rodrigo de la çibdad", "Hola señor niño 1987"] * 10
+    bpe.train_from_iterator(
+        corpus, vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        cls_token="<s>",
+        sep_token="</s>",
+        mask_token="<mask>",
+    )
+    assert tokenizer("uno")["input_ids"][0] == 0  # like RoBERTa: a leading <s> (the trap)
+    encoder = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=16,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    model = VisionEncoderDecoderModel(config=config)
+    # As on the hub: the start token lives in the generation config, not the top-level config.
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1
+    )
+    model.save_pretrained(path)
+    processor = TrOCRProcessor(
+        image_processor=ViTImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(path)
+    return path
+
+
+def render(text: str, path: Path, height: int = 32) -> Path:
+    width = max(48, 7 * len(text) + 12)
+    im = Image.new("RGB", (width, height), (236, 232, 224))
+    ImageDraw.Draw(im).text((6, height // 2 - 6), text, fill=(25, 25, 30))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def word_manifest(root: Path, words: list[str] | None = None, validation: int = 4, test: int = 4) -> Path:
+    """Rendered words as a JSONL manifest: all in train, the first ones repeated as validation/test."""
+    words = words or WORDS
+    rows = []
+    for i, w in enumerate(words):
+        image = render(w, root / "img" / f"{i:03d}.png")
+        rows.append({"image": str(image), "text": w, "split": "train", "id": f"w{i}"})
+    for split, n in (("validation", validation), ("test", test)):
+        for i, w in enumerate(words[:n]):
+            rows.append(
+                {
+                    "image": str(root / "img" / f"{i:03d}.png"),
+                    "text": w,
+                    "split": split,
+                    "id": f"{split[0]}{i}",
+                }
+            )
+    manifest = root / "words.jsonl"
+    manifest.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return manifest
