@@ -1,0 +1,88 @@
+"""The one torch Dataset of line images and its collator.
+
+Images are decoded lazily, in DataLoader workers; nothing but file paths and token ids is
+held for the whole dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..model.tokenizer import encode_label
+from .augment import build_policy
+from .records import LineSample
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """An RGB uint8 array of the image (EXIF orientation is not applied: page XML coordinates
+    and line crops refer to the stored pixels)."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class LineDataset(torch.utils.data.Dataset):
+    """(pixel_values, labels) for each sample: augment -> image processor geometry -> tensor."""
+
+    def __init__(
+        self,
+        samples: Sequence[LineSample],
+        image_processor: Any,
+        tokenizer: Any,
+        augment: str = "none",
+        seed: int = 0,
+        with_labels: bool = True,
+    ) -> None:
+        self.samples = list(samples)
+        self.image_processor = image_processor
+        self.policy_name = augment
+        self.seed = seed
+        self._policy: Any = None
+        self._seeded = False
+        self.labels = [encode_label(tokenizer, s.text) for s in self.samples] if with_labels else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _augment(self, image: np.ndarray) -> np.ndarray:
+        if self.policy_name == "none":
+            return image
+        if not self._seeded:
+            # Each worker (and each epoch, as workers are re-created) draws its own stream,
+            # derived from the torch seed the Trainer set: varied yet reproducible.
+            info = torch.utils.data.get_worker_info()
+            base = info.seed if info is not None else torch.initial_seed()
+            self._policy = build_policy(self.policy_name, (self.seed + base) % 2**32)
+            self._seeded = True
+        return self._policy(image=image)["image"] if self._policy is not None else image
+
+    def pixel_values(self, index: int) -> torch.Tensor:
+        image = self._augment(load_rgb(self.samples[index].image))
+        out = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"pixel_values": self.pixel_values(index)}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+    def widths(self, height: int) -> list[int]:
+        """Each image's width once scaled to `height` (for bucketing similar lines together)."""
+        return [int(s.size[0] * height / max(1, s.size[1])) if s.size else height * 8 for s in self.samples]
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack images; pad labels with -100 so padding never counts in the loss."""
+    out = {"pixel_values": torch.stack([b["pixel_values"] for b in batch])}
+    if "labels" in batch[0]:
+        longest = max(len(b["labels"]) for b in batch)
+        labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+        for i, b in enumerate(batch):
+            labels[i, : len(b["labels"])] = torch.tensor(b["labels"], dtype=torch.long)
+        out["labels"] = labels
+    return out
