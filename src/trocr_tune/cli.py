@@ -101,6 +101,166 @@ def data_check(
 data_check.help = (data_check.help or "").replace("CONFIG_HELP", CONFIG_HELP)
 
 
+@data.command("preview")
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG file to write."
+)
+@click.option("-n", "--count", default=16, show_default=True, help="Number of samples to draw.")
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    type=click.Choice(["train", "validation", "test"]),
+    help="Split to draw from.",
+)
+def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> None:
+    """Draw augmented samples (train.augment policy) as the model sees them, with their text.
+
+    Each tile shows the image after augmentation and the model's input geometry
+    (model.geometry, model.image_height x model.image_width). CONFIG_HELP
+    """
+    from .preview import preview
+
+    path = preview(config_from_args(args), out, count, split)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("train")
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+def train_command(args: tuple[str, ...]) -> None:
+    """Fine-tune a TrOCR checkpoint (model.name_or_path) or train a preset (model.preset).
+
+    \b
+    Writes train.output_dir/: config.yaml, metrics.json, curves.png, predictions.csv (validation
+    set), eval/ (full evaluation report), checkpoints/ and model/ (loadable by plain
+    VisionEncoderDecoderModel.from_pretrained + TrOCRProcessor.from_pretrained). The best
+    checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced).
+    train.resume=true continues from the last checkpoint; Ctrl-C saves one and stops.
+    Multi-GPU / multi-node: launch the same command with torchrun or accelerate launch.
+    \b
+    Example:
+      trocr-tune train data.layout=manifest data.root=lines.jsonl model.preset=tiny \\
+        train.max_steps=60 train.output_dir=RUN
+
+    CONFIG_HELP
+    """
+    from .runtime import is_main_process
+    from .train import train
+
+    result = train(config_from_args(args))
+    if not is_main_process():
+        return
+    if "eval" in result.metrics:
+        m = result.metrics["eval"]
+        click.echo(
+            f"validation CER {m['cer']:.4f}  WER {m['wer']:.4f}  similarity {m['mean_similarity']:.4f}"
+        )
+    click.echo(f"model: {result.model_dir}")
+
+
+@cli.command("evaluate")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for metrics.json, predictions.csv, worst.csv, confusions.csv, config.yaml.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option(
+    "--workers", default=0, show_default=True, help="DataLoader worker processes for image decoding."
+)
+def evaluate_command(
+    model_path: str, args: tuple[str, ...], out: Path | None, device: str, workers: int
+) -> None:
+    """Transcribe the data.split split (default test) with MODEL and score it.
+
+    Reports corpus CER/WER, mean per-sample CER, mean similarity, exact match (each also
+    case-insensitive), the worst 20 lines, a character confusion table, time and lines/s.
+    Decoding: greedy, or beam search with eval.num_beams / eval.length_penalty /
+    eval.no_repeat_ngram_size. CONFIG_HELP
+    """
+    from .data.reader import read_dataset
+    from .evaluate import evaluate_bundle, print_report, write_report
+    from .model.loading import load_bundle
+
+    cfg = config_from_args(args)
+    samples = read_dataset(cfg.data).split(cfg.data.split)
+    if not samples:
+        raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
+    report = evaluate_bundle(load_bundle(model_path), samples, cfg.eval, device, workers)
+    print_report(report)
+    if out:
+        write_report(report, out, cfg)
+        click.echo(f"report: {out}")
+
+
+@cli.command("predict")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES|DIR|MANIFEST...")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write .csv or .jsonl instead of printing TSV lines.",
+)
+@click.option("--batch-size", default=16, show_default=True, help="Lines per generate call.")
+@click.option("--num-beams", default=1, show_default=True, help="Beam width (1 = greedy).")
+@click.option(
+    "--shard", default=None, help="i/n: transcribe only the i-th of n contiguous slices (parallel runs)."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option(
+    "--workers", default=0, show_default=True, help="DataLoader worker processes for image decoding."
+)
+def predict_command(
+    model_path: str,
+    inputs: tuple[str, ...],
+    out: Path | None,
+    batch_size: int,
+    num_beams: int,
+    shard: str | None,
+    device: str,
+    workers: int,
+) -> None:
+    """Transcribe line images: prints one `path<TAB>text<TAB>confidence` line per image.
+
+    Inputs may be image files, folders (searched recursively) or manifests (.jsonl/.csv/.tsv
+    with an `image` column). The confidence is the mean log-probability of the generated
+    tokens (0 = certain).
+    """
+    from .config import EvalConfig
+    from .model.loading import load_bundle
+    from .predict import collect_images, pick_device, transcribe, write_predictions
+
+    images = collect_images(inputs, manifest_images)
+    from .predict import shard as take_shard
+
+    images = take_shard(images, shard)
+    bundle = load_bundle(model_path)
+    cfg = EvalConfig(batch_size=batch_size, num_beams=num_beams)
+    predictions, _ = transcribe(bundle, images, cfg, pick_device(device), workers)
+    if out:
+        write_predictions(images, predictions, out)
+        click.echo(f"wrote {len(images)} predictions to {out}", err=True)
+    else:
+        for path, p in zip(images, predictions, strict=True):
+            click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
+
+
+def manifest_images(path: Path) -> list[str]:
+    """Image paths of a manifest file, every split, via the manifest layout."""
+    from .data.layouts.manifest import read_manifest
+    from .data.records import DropLog
+
+    cfg = load_config(None, ["data.layout=manifest", f"data.root={path}"]).data
+    return [s.image for s in read_manifest(cfg, path, DropLog())]
+
+
+for _command in (data_preview, train_command, evaluate_command):
+    _command.help = (_command.help or "").replace("CONFIG_HELP", CONFIG_HELP)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: one-line errors with exit code 2 for bad input."""
     try:

@@ -1,0 +1,150 @@
+"""`trocr-tune evaluate`: metrics, per-sample CSV, worst errors, character confusions, speed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from .config import Config, EvalConfig, save_config
+from .data.records import LineSample
+from .metrics import MetricNormalizer, Metrics, compute_metrics, score_sample
+from .model.loading import ModelBundle, max_new_tokens_for
+from .predict import Prediction, pick_device, transcribe
+
+EMPTY = "∅"
+
+
+@dataclass
+class SampleResult:
+    id: str
+    image: str
+    reference: str
+    prediction: str
+    cer: float
+    similarity: float
+    confidence: float
+
+
+@dataclass
+class EvalReport:
+    metrics: Metrics
+    samples: list[SampleResult]
+    seconds: float
+    lines_per_second: float
+    confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (reference, predicted, count)
+
+    def worst(self, n: int = 20) -> list[SampleResult]:
+        return sorted(self.samples, key=lambda r: (-r.cer, r.id))[:n]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.metrics.as_dict(),
+            "seconds": self.seconds,
+            "lines_per_second": self.lines_per_second,
+        }
+
+
+def metric_normalizer(cfg: EvalConfig) -> MetricNormalizer:
+    return MetricNormalizer(cfg.metric_unicode_form, cfg.metric_collapse_whitespace)
+
+
+def confusion_table(pairs: Sequence[tuple[str, str]], top: int = 30) -> list[tuple[str, str, int]]:
+    """Most frequent character edits (reference char -> predicted char; ∅ for insert/delete)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for pred, ref in pairs:
+        for op in Levenshtein.editops(ref, pred):
+            if op.tag == "replace":
+                counts[(ref[op.src_pos], pred[op.dest_pos])] += 1
+            elif op.tag == "delete":
+                counts[(ref[op.src_pos], EMPTY)] += 1
+            else:
+                counts[(EMPTY, pred[op.dest_pos])] += 1
+    return [(r, p, n) for (r, p), n in counts.most_common(top)]
+
+
+def score_predictions(
+    samples: Sequence[LineSample], predictions: Sequence[Prediction], cfg: EvalConfig, seconds: float
+) -> EvalReport:
+    """Metrics and per-sample results, all through the one metric normaliser."""
+    norm = metric_normalizer(cfg)
+    refs = [s.text for s in samples]
+    preds = [p.text for p in predictions]
+    metrics = compute_metrics(preds, refs, norm)
+    results = []
+    for s, p in zip(samples, predictions, strict=True):
+        sc = score_sample(norm(p.text), norm(s.text))
+        results.append(SampleResult(s.id, s.image, s.text, p.text, sc.cer, sc.similarity, p.confidence))
+    confusions = confusion_table([(norm(p), norm(r)) for p, r in zip(preds, refs, strict=True)])
+    return EvalReport(metrics, results, seconds, len(samples) / seconds if seconds > 0 else 0.0, confusions)
+
+
+def evaluate_bundle(
+    bundle: ModelBundle,
+    samples: Sequence[LineSample],
+    cfg: EvalConfig,
+    device: str = "auto",
+    num_workers: int = 0,
+    runner: Any = None,
+) -> EvalReport:
+    """Transcribe `samples` with generate (never teacher forcing) and score them."""
+    # Labels longer than the checkpoint's budget must still be reachable.
+    budget = max(bundle.info.max_new_tokens, max_new_tokens_for(bundle.tokenizer, [s.text for s in samples]))
+    predictions, seconds = transcribe(
+        bundle, [s.image for s in samples], cfg, pick_device(device), num_workers, budget, runner=runner
+    )
+    return score_predictions(samples, predictions, cfg, seconds)
+
+
+def write_report(report: EvalReport, out: Path, config: Config | None = None) -> dict[str, Path]:
+    """metrics.json, predictions.csv, worst.csv, confusions.csv (and config.yaml) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "metrics": out / "metrics.json",
+        "predictions": out / "predictions.csv",
+        "worst": out / "worst.csv",
+        "confusions": out / "confusions.csv",
+    }
+    paths["metrics"].write_text(json.dumps(report.summary(), indent=2), encoding="utf-8")
+    for key, rows in (("predictions", report.samples), ("worst", report.worst())):
+        with paths[key].open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(SampleResult.__dataclass_fields__))
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+    with paths["confusions"].open("w", encoding="utf-8", newline="") as fh:
+        table = csv.writer(fh)
+        table.writerow(["reference", "predicted", "count"])
+        table.writerows(report.confusions)
+    if config is not None:
+        paths["config"] = save_config(config, out / "config.yaml")
+    return paths
+
+
+def print_report(report: EvalReport, console: Any = None) -> None:
+    """Metrics, the worst 20 lines and the top character confusions as Rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = console or Console()
+    m = report.metrics
+    table = Table(title=f"{m.n} lines, {report.seconds:.1f} s, {report.lines_per_second:.1f} lines/s")
+    for col in ("metric", "value", "case-insensitive"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for name in ("cer", "wer", "mean_cer", "mean_similarity", "exact_match", "similarity_above_08"):
+        table.add_row(name, f"{getattr(m, name):.4f}", f"{getattr(m, name + '_ci'):.4f}")
+    con.print(table)
+    worst = Table(title="worst 20 lines (by CER)")
+    for col in ("id", "CER", "reference", "prediction"):
+        worst.add_column(col, overflow="fold")
+    for r in report.worst():
+        worst.add_row(r.id, f"{r.cer:.2f}", r.reference, r.prediction)
+    con.print(worst)
+    if report.confusions:
+        conf = "  ".join(f"{r}→{p}:{n}" for r, p, n in report.confusions[:20])
+        con.print(f"[bold]top character confusions[/bold] (reference→predicted): {conf}", highlight=False)

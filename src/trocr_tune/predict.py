@@ -1,0 +1,172 @@
+"""Batched transcription with a confidence per line (mean token log-probability)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import EvalConfig
+from .data.dataset import LineDataset, collate
+from .errors import UserError
+from .model.loading import ModelBundle
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    text: str
+    confidence: float  # mean log-probability of the generated tokens (eos included), <= 0
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1 ...)") from None
+
+
+def generation_kwargs(
+    bundle: ModelBundle, cfg: EvalConfig, max_new_tokens: int | None = None
+) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        # decoder start token + the new tokens (see model.loading.set_generation_budget)
+        "max_length": 1 + (max_new_tokens or bundle.info.max_new_tokens),
+        "num_beams": cfg.num_beams,
+        "do_sample": False,
+    }
+    if cfg.num_beams > 1:
+        kwargs["length_penalty"] = cfg.length_penalty
+        kwargs["early_stopping"] = True
+    if cfg.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
+    return kwargs
+
+
+def generate_batch(
+    model: Any, tokenizer: Any, pixel_values: torch.Tensor, kwargs: dict[str, Any]
+) -> list[Prediction]:
+    """Decode one batch; confidences come from the scores generate returns (no second pass)."""
+    out = model.generate(
+        pixel_values=pixel_values, output_scores=True, return_dict_in_generate=True, **kwargs
+    )
+    scores = model.compute_transition_scores(
+        out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True
+    )
+    generated = out.sequences[:, -scores.shape[1] :]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    results = []
+    for ids, logp in zip(generated.tolist(), scores.float(), strict=True):
+        n = len(ids)
+        for i, token in enumerate(ids):  # count tokens up to and including the first eos
+            if token in (eos, pad):
+                n = i + 1 if token == eos else i
+                break
+        confidence = float(logp[:n].mean()) if n else 0.0
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        results.append(Prediction(text.strip(), confidence))
+    return results
+
+
+def transcribe(
+    bundle: ModelBundle,
+    images: Sequence[str],
+    cfg: EvalConfig,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    max_new_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    runner: Any = None,
+) -> tuple[list[Prediction], float]:
+    """Transcribe `images` in batches; returns predictions in input order and seconds spent.
+
+    `runner` replaces `bundle.model` for generation (an optimized variant); it must offer
+    `generate` and `compute_transition_scores` like a Transformers model.
+    """
+    from .data.records import LineSample
+
+    device = device or pick_device()
+    model: Any = runner if runner is not None else bundle.model
+    if runner is None:
+        model = model.to(device).eval()
+    samples = [LineSample(p, "", None, p, p) for p in images]
+    dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+    )
+    kwargs = generation_kwargs(bundle, cfg, max_new_tokens)
+    predictions: list[Prediction] = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in loader:
+            pixel_values = batch["pixel_values"].to(device)
+            predictions.extend(generate_batch(model, bundle.tokenizer, pixel_values, kwargs))
+            if progress:
+                progress(len(predictions), len(samples))
+    return predictions, time.perf_counter() - start
+
+
+def collect_images(
+    inputs: Sequence[str], manifest_loader: Callable[[Path], list[str]] | None = None
+) -> list[str]:
+    """Expand IMAGES | DIR | MANIFEST arguments into image paths (directories recursively, sorted)."""
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(os.path.expanduser(item))
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise UserError(f"{p}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            paths.extend(found)
+        elif p.is_file() and p.suffix.lower() in (".jsonl", ".csv", ".tsv", ".ndjson") and manifest_loader:
+            paths.extend(manifest_loader(p))
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise UserError(f"not found: {p}")
+    return paths
+
+
+def shard(items: Sequence[str], spec: str | None) -> list[str]:
+    """`i/n`: the i-th of n contiguous, near-equal slices (0-based), for parallel runs."""
+    if not spec:
+        return list(items)
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like i/n (e.g. 0/4), got {spec!r}") from None
+    if not 0 <= i < n:
+        raise UserError(f"--shard {spec}: need 0 <= i < n")
+    size = len(items)
+    return list(items[size * i // n : size * (i + 1) // n])
+
+
+def write_predictions(images: Sequence[str], predictions: Sequence[Prediction], out: Path) -> None:
+    """CSV (path,text,confidence) or JSONL, chosen by the file extension."""
+    import csv
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        if out.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+            for path, p in zip(images, predictions, strict=True):
+                fh.write(
+                    json.dumps(
+                        {"image": path, "text": p.text, "confidence": p.confidence}, ensure_ascii=False
+                    )
+                    + "\n"
+                )
+        else:
+            writer = csv.writer(fh, delimiter="\t" if out.suffix.lower() == ".tsv" else ",")
+            writer.writerow(["image", "text", "confidence"])
+            writer.writerows(
+                (path, p.text, f"{p.confidence:.6f}") for path, p in zip(images, predictions, strict=True)
+            )

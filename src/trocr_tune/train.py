@@ -1,0 +1,296 @@
+"""`trocr-tune train`: fine-tuning on the Transformers Seq2SeqTrainer.
+
+The Trainer (with accelerate underneath) provides gradient accumulation, mixed precision,
+checkpoints, resume and multi-GPU / multi-node through `torchrun` or `accelerate launch`.
+trocr-tune adds the data, the model set-up, generate-based CER evaluation (best checkpoint
+by the *lowest* CER) and the run directory: config.yaml, metrics.json, curves.png,
+predictions.csv and model/.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from transformers import (
+    EarlyStoppingCallback,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    VisionEncoderDecoderModel,
+    set_seed,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import Config, save_config
+from .curves import plot_curves
+from .data.dataset import LineDataset, collate
+from .data.reader import ReadResult, read_dataset
+from .errors import UserError
+from .evaluate import evaluate_bundle, metric_normalizer, write_report
+from .metrics import compute_metrics
+from .model.loading import ModelBundle, build_for_training, check_special_tokens, save_bundle
+from .model.tokenizer import check_coverage
+from .runtime import resolve_precision
+
+DEFAULT_LR = {"pretrained": 5e-5, "preset": 1e-3}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+
+
+class LineTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer that buckets lines by width and restores checkpoints *correctly*.
+
+    Transformers 5 writes checkpoints with the original (legacy) weight names, but the
+    Trainer's resume and best-model paths load them with a raw, non-strict
+    `load_state_dict`: ViT weights silently stay unloaded (huggingface/transformers#48805,
+    #43701). Both paths here go through `from_pretrained`, which converts the names, and copy
+    the weights strictly, so a mismatch fails instead of training on from random weights.
+    """
+
+    bucket_lengths: list[int] | None = None
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.bucket_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.bucket_lengths
+        )
+
+    def _restore_weights(self, checkpoint: str, model: Any = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = type(target).from_pretrained(checkpoint)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        self._restore_weights(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        assert self.state.best_model_checkpoint is not None
+        self._restore_weights(self.state.best_model_checkpoint)
+
+
+class GracefulInterrupt(TrainerCallback):
+    """On Ctrl-C: finish the current step, save a checkpoint, stop; `train.resume=true` continues."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _training_args(
+    cfg: Config, has_eval: bool, checkpoints: Path, learning_rate: float
+) -> Seq2SeqTrainingArguments:
+    t = cfg.train
+    precision = resolve_precision(t.precision)
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    strategy = "steps" if t.eval_steps else "epoch"
+    report_to = [r for r in t.report_to if r != "none"]
+    for tracker in report_to:
+        module = "torch.utils.tensorboard" if tracker == "tensorboard" else "wandb"
+        try:
+            __import__(module)
+        except ImportError:
+            raise UserError(f"train.report_to={tracker} needs the {tracker} package installed") from None
+    return Seq2SeqTrainingArguments(
+        output_dir=str(checkpoints),
+        seed=t.seed,
+        data_seed=t.seed,
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=cfg.eval.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        label_smoothing_factor=t.label_smoothing,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy=strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=strategy,
+        save_steps=t.eval_steps or 500,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="cer",
+        greater_is_better=False,  # lower CER is better: never pick the worst checkpoint
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        predict_with_generate=True,
+        generation_num_beams=cfg.eval.num_beams,
+        report_to=report_to or "none",
+        dataloader_num_workers=t.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        activation_checkpointing=t.gradient_checkpointing,
+        save_only_model=False,
+        disable_tqdm=False,
+    )
+
+
+def _metric_fn(bundle: ModelBundle, cfg: Config) -> Any:
+    tokenizer = bundle.tokenizer
+    normalizer = metric_normalizer(cfg.eval)
+
+    def compute(prediction: Any) -> dict[str, float]:
+        preds = np.where(prediction.predictions < 0, tokenizer.pad_token_id, prediction.predictions)
+        labels = np.where(prediction.label_ids < 0, tokenizer.pad_token_id, prediction.label_ids)
+        texts = [t.strip() for t in tokenizer.batch_decode(preds, skip_special_tokens=True)]
+        refs = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        m = compute_metrics(texts, refs, normalizer)
+        return {
+            "cer": m.cer,
+            "wer": m.wer,
+            "mean_similarity": m.mean_similarity,
+            "exact_match": m.exact_match,
+        }
+
+    return compute
+
+
+def _check_data(result: ReadResult, bundle: ModelBundle, pretrained: bool) -> list[str]:
+    """Fail when the tokenizer cannot encode training labels; report other splits' gaps."""
+    notes = []
+    for split in ("train", "validation", "test"):
+        texts = [s.text for s in result.split(split)]
+        if not texts:
+            continue
+        coverage = check_coverage(bundle.tokenizer, texts)
+        if coverage.ok:
+            continue
+        if split == "train" and pretrained:
+            raise UserError(
+                f"the tokenizer cannot encode training labels: {coverage.describe()}; map them with "
+                "data.replacements or drop them with data.alphabet + data.alphabet_policy"
+            )
+        notes.append(f"{split}: tokenizer cannot encode {coverage.describe()}")
+    return notes
+
+
+def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Fine-tune as configured and write the run directory; returns its paths and final metrics.
+
+    `callbacks` are extra Transformers TrainerCallbacks (progress displays, custom stopping).
+    """
+    out = Path(cfg.train.output_dir)
+    checkpoints = out / "checkpoints"
+    set_seed(cfg.train.seed)
+    resume_from = None
+    if cfg.train.resume:
+        resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        if resume_from is None:
+            raise UserError(f"train.resume=true but {checkpoints} holds no checkpoint to resume from")
+    pretrained = cfg.model.name_or_path is not None
+    lr = cfg.train.learning_rate or DEFAULT_LR["pretrained" if pretrained else "preset"]
+    # The arguments come first: they set up the (possibly distributed) process group, so the
+    # main process can read (and crop) the dataset before the others read its cache.
+    probe_args = _training_args(cfg, has_eval=True, checkpoints=checkpoints, learning_rate=lr)
+    with probe_args.main_process_first(desc="reading the dataset"):
+        result = read_dataset(cfg.data)
+    train_samples, eval_samples = result.split("train"), result.split("validation")
+    if not train_samples:
+        raise UserError(
+            f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
+        )
+    bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
+    notes = _check_data(result, bundle, pretrained)
+    check_special_tokens(bundle.model, bundle.tokenizer)
+    args = _training_args(cfg, has_eval=bool(eval_samples), checkpoints=checkpoints, learning_rate=lr)
+    train_set = LineDataset(
+        train_samples, bundle.image_processor, bundle.tokenizer, cfg.train.augment, cfg.train.seed
+    )
+    eval_set = LineDataset(eval_samples, bundle.image_processor, bundle.tokenizer) if eval_samples else None
+    interrupt = GracefulInterrupt()
+    all_callbacks: list[TrainerCallback] = [interrupt, *(callbacks or [])]
+    if cfg.train.early_stopping_patience and eval_set is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    trainer = LineTrainer(
+        model=bundle.model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collate,
+        processing_class=bundle.processor,
+        compute_metrics=_metric_fn(bundle, cfg),
+        callbacks=all_callbacks,
+    )
+    if cfg.train.bucket_by_width:
+        trainer.bucket_lengths = train_set.widths(bundle.info.image_height)
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - start
+    bundle.model = cast(VisionEncoderDecoderModel, trainer.model)
+    model_dir = out / "model"
+    metrics: dict[str, Any] = {
+        "train": {
+            **output.metrics,
+            "optimizer_steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch,
+            "wall_seconds": train_seconds,
+            "seconds_per_epoch": train_seconds / max(trainer.state.epoch or 1.0, 1e-9),
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_eval_cer": trainer.state.best_metric,
+            "learning_rate": lr,
+            "precision": resolve_precision(cfg.train.precision),
+            "interrupted": interrupt.requested,
+        },
+        "data": {split: len(result.split(split)) for split in ("train", "validation", "test")},
+        "dropped": dict(result.log.by_reason()),
+        "notes": result.log.notes + notes,
+    }
+    if trainer.is_world_process_zero():
+        save_bundle(bundle, model_dir)
+        if eval_samples:
+            report = evaluate_bundle(bundle, eval_samples, cfg.eval, num_workers=cfg.train.num_workers)
+            write_report(report, out / "eval")
+            (out / "predictions.csv").write_bytes((out / "eval" / "predictions.csv").read_bytes())
+            metrics["eval"] = report.summary()
+        plot_curves(trainer.state.log_history, out / "curves.png")
+        (out / "log_history.json").write_text(
+            json.dumps(trainer.state.log_history, indent=1), encoding="utf-8"
+        )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    return TrainResult(out, model_dir, metrics)

@@ -1,0 +1,330 @@
+"""Training end to end: overfit on real lines, round trip, resume, DDP, CLI commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import TrainerCallback, TrOCRProcessor, VisionEncoderDecoderModel
+
+from trocr_tune.config import load_config
+from trocr_tune.data.reader import read_dataset
+from trocr_tune.evaluate import evaluate_bundle
+from trocr_tune.model.loading import load_bundle
+from trocr_tune.predict import transcribe
+from trocr_tune.train import train
+
+from builders import build_roberta_style_checkpoint, word_manifest
+from conftest import SHARED_DATA, run_cli
+
+TINY = [
+    "model.preset=tiny",
+    "model.image_height=32",
+    "model.image_width=128",
+    "train.num_workers=0",
+    "train.logging_steps=5",
+]
+
+
+@pytest.fixture(scope="module")
+def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return word_manifest(tmp_path_factory.mktemp("words"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(words: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short training run shared by the evaluate / predict / round-trip tests."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY,
+            "train.max_steps=30",
+            "train.eval_steps=15",
+            "model.dropout=0",
+            "train.learning_rate=3e-3",
+            f"train.output_dir={out}",
+        ],
+    )
+    train(cfg)
+    return out
+
+
+@pytest.mark.realdata
+def test_overfit_eight_real_lines(tmp_path: Path) -> None:
+    """The maintainers' first sanity check: a tiny model memorises 8 real lines (CER < 5%)."""
+    page = SHARED_DATA / "htromance-spain" / "bnf-esp-229" / "laberinto_2v.chocomufin.xml"
+    data = [
+        "data.layout=alto",
+        f"data.root={page}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.split_ratios=[1, 0, 0]",
+        "data.limit=8",
+    ]
+    cfg = load_config(
+        None,
+        [
+            *data,
+            "model.preset=tiny",
+            "model.image_height=32",
+            "model.image_width=256",
+            "model.dropout=0",
+            "train.learning_rate=3e-3",
+            "train.max_steps=250",
+            "train.warmup_ratio=0.05",
+            "train.num_workers=0",
+            "train.logging_steps=50",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    lines = read_dataset(cfg.data).split("train")
+    assert len(lines) == 8 and sum(len(s.text) for s in lines) > 150
+    result = train(cfg)
+    report = evaluate_bundle(load_bundle(result.model_dir), lines, cfg.eval)
+    assert report.metrics.cer < 0.05, [(r.reference, r.prediction) for r in report.samples]
+
+
+def test_run_directory_contents(tiny_run: Path) -> None:
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "curves.png",
+        "predictions.csv",
+        "model/model.safetensors",
+        "model/trocr_tune.json",
+        "eval/worst.csv",
+    ):
+        assert (tiny_run / name).is_file(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["train"]["optimizer_steps"] == 30
+    assert metrics["train"]["best_eval_cer"] == pytest.approx(
+        min(e["eval_cer"] for e in json.loads((tiny_run / "log_history.json").read_text()) if "eval_cer" in e)
+    )
+    assert metrics["eval"]["cer"] == pytest.approx(
+        metrics["train"]["best_eval_cer"]
+    )  # the best (lowest CER) model was kept
+    with (tiny_run / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {"reference", "prediction", "cer", "confidence"} <= set(rows[0])
+    assert load_config(tiny_run / "config.yaml").train.max_steps == 30
+
+
+def test_round_trip_plain_transformers_identical_greedy(tiny_run: Path, words: Path) -> None:
+    model_dir = tiny_run / "model"
+    plain = VisionEncoderDecoderModel.from_pretrained(model_dir).eval()
+    processor = TrOCRProcessor.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in words.read_text().splitlines()][:6]
+    images = [Image.open(r["image"]).convert("RGB") for r in rows]
+    with torch.inference_mode():
+        ids = plain.generate(processor(images=images, return_tensors="pt").pixel_values)
+    plain_texts = [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
+    cfg = load_config(None, ["eval.batch_size=4"])
+    ours, _ = transcribe(load_bundle(model_dir), [r["image"] for r in rows], cfg.eval)
+    assert [p.text for p in ours] == plain_texts
+    assert all(p.confidence <= 0 for p in ours)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step >= self.step:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def test_resume_finishes_the_same_number_of_steps(words: Path, tmp_path: Path) -> None:
+    args = [
+        "data.layout=manifest",
+        f"data.root={words}",
+        *TINY,
+        "train.max_steps=12",
+        "train.eval_steps=4",
+        f"train.output_dir={tmp_path}",
+    ]
+    first = train(load_config(None, args), callbacks=[StopAt(6)])
+    assert first.metrics["train"]["optimizer_steps"] == 6
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-6"
+    assert checkpoint.is_dir()
+    saved = VisionEncoderDecoderModel.from_pretrained(checkpoint).state_dict()
+    start = WeightsAtStart()
+    resumed = train(load_config(None, [*args, "train.resume=true"]), callbacks=[start])
+    assert resumed.metrics["train"]["optimizer_steps"] == 12
+    assert "eval" in resumed.metrics and resumed.metrics["eval"]["n"] == 4
+    history = json.loads((tmp_path / "log_history.json").read_text())
+    assert max(e["step"] for e in history) == 12
+    # The resumed run started from checkpoint-6's weights exactly, not from a fresh initialisation.
+    assert start.weights.keys() == saved.keys()
+    assert all(torch.equal(start.weights[k], saved[k]) for k in saved)
+
+
+class WeightsAtStart(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_without_checkpoint_is_one_line_error(words: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        "train",
+        "data.layout=manifest",
+        f"data.root={words}",
+        *TINY,
+        f"train.output_dir={tmp_path}",
+        "train.resume=true",
+    )
+    assert proc.returncode == 2 and "holds no checkpoint to resume from" in proc.stderr
+
+
+def test_checkpoint_restore_is_strict_and_exact(tiny_run: Path) -> None:
+    """Work-around for huggingface/transformers#48805: checkpoints reload with converted names."""
+    from transformers import Seq2SeqTrainingArguments
+
+    from trocr_tune.train import LineTrainer
+
+    checkpoint = sorted((tiny_run / "checkpoints").glob("checkpoint-*"))[-1]
+    fresh = VisionEncoderDecoderModel.from_pretrained(checkpoint)
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    trainer = LineTrainer(
+        model=fresh,
+        args=Seq2SeqTrainingArguments(output_dir=str(tiny_run / "tmp"), use_cpu=True, report_to="none"),
+    )
+    trainer._load_from_checkpoint(str(checkpoint))
+    expected = VisionEncoderDecoderModel.from_pretrained(checkpoint).state_dict()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_empty_training_split_is_a_clear_error(tmp_path: Path) -> None:
+    manifest = word_manifest(tmp_path / "d", ["uno"], validation=1, test=0)
+    rows = [json.loads(r) for r in manifest.read_text().splitlines()]
+    manifest.write_text("\n".join(json.dumps({**r, "split": "test"}) for r in rows) + "\n")
+    proc = run_cli(
+        "train",
+        "data.layout=manifest",
+        f"data.root={manifest}",
+        *TINY,
+        f"train.output_dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 2 and "the training split is empty" in proc.stderr
+
+
+def test_pretrained_style_checkpoint_fine_tunes_via_cli(words: Path, tmp_path: Path) -> None:
+    hub_like = build_roberta_style_checkpoint(tmp_path / "hub-like")
+    proc = run_cli(
+        "train",
+        "data.layout=manifest",
+        f"data.root={words}",
+        f"model.name_or_path={hub_like}",
+        "model.image_height=32",
+        "model.image_width=128",
+        "train.max_steps=4",
+        "train.num_workers=0",
+        f"train.output_dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "model" / "trocr_tune.json").read_text())
+    assert info["source"] == str(hub_like) and info["geometry"] == "line"
+    saved = VisionEncoderDecoderModel.from_pretrained(tmp_path / "run" / "model")
+    assert saved.config.decoder_start_token_id == 2 and list(saved.config.encoder.image_size) == [32, 128]
+
+
+def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Path) -> None:
+    model = str(tiny_run / "model")
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "evaluate",
+        model,
+        "data.layout=manifest",
+        f"data.root={words}",
+        "data.split=test",
+        "--out",
+        str(out),
+        "eval.num_beams=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "worst 20 lines" in proc.stdout and "lines/s" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 4 and "cer_ci" in metrics and metrics["lines_per_second"] > 0
+    for name in ("predictions.csv", "worst.csv", "confusions.csv", "config.yaml"):
+        assert (out / name).is_file()
+    rows = [json.loads(line) for line in words.read_text().splitlines()]
+    images = [r["image"] for r in rows[:3]]
+    proc = run_cli("predict", model, *images)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line, image in zip(lines, images, strict=True):
+        path, _text, confidence = line.split("\t")
+        assert path == image and float(confidence) <= 0
+    shard = run_cli("predict", model, str(words), "--shard", "1/2", "--out", str(tmp_path / "p.jsonl"))
+    assert shard.returncode == 0, shard.stderr[-2000:]
+    predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(predicted) == len(rows) - len(rows) // 2
+    folder = run_cli("predict", model, str(Path(images[0]).parent), "--out", str(tmp_path / "p.csv"))
+    assert folder.returncode == 0 and (tmp_path / "p.csv").read_text().startswith("image,text,confidence")
+    grid = tmp_path / "grid.png"
+    proc = run_cli(
+        "data",
+        "preview",
+        "data.layout=manifest",
+        f"data.root={words}",
+        "train.augment=handwriting",
+        "--out",
+        str(grid),
+        "-n",
+        "6",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(grid) as im:
+        assert im.width > 300 and im.height > 100
+    bad = run_cli("predict", model, str(tmp_path / "missing.png"))
+    assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+    reason="torchrun missing",
+)
+def test_two_processes_on_cpu_gloo(words: Path, tmp_path: Path) -> None:
+    """Multi-process training through torchrun with no code change (gloo on CPU)."""
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node=2",
+            "-m",
+            "trocr_tune",
+            "train",
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY,
+            "train.max_steps=4",
+            "train.eval_steps=2",
+            "train.batch_size=4",
+            f"train.output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train"]["optimizer_steps"] == 4
+    # 12 training lines, 2 processes x batch 4 = 8 lines per step -> 4 steps = 8/3 epochs.
+    assert metrics["train"]["epochs"] == pytest.approx(4 * 8 / 12, rel=0.3)
+    assert proc.stdout.count("model: ") == 1  # only rank 0 reports
