@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import line_image, run_cli
 from trocr_tune.cli import cli
 from trocr_tune.config import load_config
 from trocr_tune.data.check import check_dataset
 from trocr_tune.data.layouts import LAYOUTS
+
+from conftest import line_image, run_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli
 from trocr_tune.config import load_config
 from trocr_tune.data.layouts.spanish_notary import Box, align_page, reading_order
 from trocr_tune.data.reader import read_dataset
+
+from conftest import SHARED_DATA, run_cli
 
 pytestmark = pytest.mark.realdata
 HTROMANCE = SHARED_DATA / "htromance-spain"
