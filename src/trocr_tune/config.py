@@ -166,9 +166,14 @@ class TrainConfig:
     # Optional experiment trackers: none, tensorboard, wandb (when installed).
     report_to: list[str] = field(default_factory=lambda: ["none"])
     gradient_checkpointing: bool = False
+    # torch.compile the training model: null, default, reduce-overhead or max-autotune.
+    compile: str | None = None
 
     def __post_init__(self) -> None:
         from .data.augment import POLICIES
+
+        if self.compile is not None:
+            _one_of("train.compile", self.compile, ("default", "reduce-overhead", "max-autotune"))
 
         _one_of("train.scheduler", self.scheduler, ("cosine", "linear", "constant_with_warmup"))
         _one_of("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
@@ -208,7 +213,25 @@ class EvalConfig:
 
 @dataclass
 class OptimizeConfig:
-    """Settings of the optimized variants."""
+    """Settings of the optimized variants (see `trocr-tune optimize --help`)."""
+
+    # prune-l1: share of weights zeroed (globally across the chosen Linear layers, or per layer).
+    prune_amount: float = 0.3
+    prune_scope: str = "both"
+    prune_global: bool = True
+    # The decoder's output projection is tied to the token embeddings: pruning it unties them.
+    prune_output_projection: bool = False
+    # prune-structured: share of encoder attention heads and of FFN channels removed.
+    structured_amount: float = 0.25
+    onnx_opset: int = 18
+
+    def __post_init__(self) -> None:
+        _one_of("optimize.prune_scope", self.prune_scope, ("encoder", "decoder", "both"))
+        for name in ("prune_amount", "structured_amount"):
+            if not 0 < getattr(self, name) < 1:
+                raise UserError(f"optimize.{name} must be in (0, 1)")
+        if self.onnx_opset < 17:
+            raise UserError("optimize.onnx_opset must be >= 17 (LayerNormalization)")
 
 
 @dataclass

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-import torch
-
 
 @lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX), where bf16
     autocast speeds matrix work up instead of emulating it."""
+    import torch
+
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     if probe is not None and probe():
         return True
@@ -21,6 +21,8 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(requested: str, device: str | None = None) -> str:
     """`auto` -> bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    import torch
+
     on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if requested != "auto":
         return requested

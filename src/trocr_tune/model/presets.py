@@ -7,10 +7,12 @@ Everything built here is a plain `VisionEncoderDecoderModel` whose encoder is a 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from transformers import TrOCRConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import VisionEncoderDecoderModel
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def build_preset_model(
     dropout: float = 0.1,
 ) -> VisionEncoderDecoderModel:
     """A randomly initialised model of preset `name` for `image_height x image_width` lines."""
+    from transformers import TrOCRConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
     if name not in PRESETS:
         raise UserError(f"model.preset={name!r} is not one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
