@@ -51,22 +51,19 @@ def generation_kwargs(
     return kwargs
 
 
-def generate_batch(
-    model: Any, tokenizer: Any, pixel_values: torch.Tensor, kwargs: dict[str, Any]
+def decode_predictions(
+    tokenizer: Any, generated: list[list[int]], logprobs: torch.Tensor
 ) -> list[Prediction]:
-    """Decode one batch; confidences come from the scores generate returns (no second pass)."""
-    out = model.generate(
-        pixel_values=pixel_values, output_scores=True, return_dict_in_generate=True, **kwargs
-    )
-    scores = model.compute_transition_scores(
-        out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True
-    )
-    generated = out.sequences[:, -scores.shape[1] :]
+    """Texts and confidences from generated ids (after the start token) and their log-probs.
+
+    The confidence averages the tokens up to and including the first eos; what generate
+    appends after a sequence finished (padding) does not count.
+    """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     results = []
-    for ids, logp in zip(generated.tolist(), scores.float(), strict=True):
+    for ids, logp in zip(generated, logprobs, strict=True):
         n = len(ids)
-        for i, token in enumerate(ids):  # count tokens up to and including the first eos
+        for i, token in enumerate(ids):
             if token in (eos, pad):
                 n = i + 1 if token == eos else i
                 break
@@ -88,15 +85,15 @@ def transcribe(
 ) -> tuple[list[Prediction], float]:
     """Transcribe `images` in batches; returns predictions in input order and seconds spent.
 
-    `runner` replaces `bundle.model` for generation (an optimized variant); it must offer
-    `generate` and `compute_transition_scores` like a Transformers model.
+    `runner` (see optimize.runners) decodes the batches; by default the bundle's model with
+    `generate`. Every variant goes through this same loop.
     """
     from .data.records import LineSample
+    from .optimize.runners import TorchRunner, on_device
 
-    device = device or pick_device()
-    model: Any = runner if runner is not None else bundle.model
     if runner is None:
-        model = model.to(device).eval()
+        device = device or pick_device()
+        runner = TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
     samples = [LineSample(p, "", None, p, p) for p in images]
     dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
     loader = torch.utils.data.DataLoader(
@@ -105,12 +102,10 @@ def transcribe(
     kwargs = generation_kwargs(bundle, cfg, max_new_tokens)
     predictions: list[Prediction] = []
     start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in loader:
-            pixel_values = batch["pixel_values"].to(device)
-            predictions.extend(generate_batch(model, bundle.tokenizer, pixel_values, kwargs))
-            if progress:
-                progress(len(predictions), len(samples))
+    for batch in loader:
+        predictions.extend(runner.generate_batch(batch["pixel_values"], kwargs))
+        if progress:
+            progress(len(predictions), len(samples))
     return predictions, time.perf_counter() - start
 
 

@@ -1,0 +1,277 @@
+"""onnx / onnx-int8: export to ONNX (torch.onnx, dynamo exporter) and decode in ONNX Runtime.
+
+Optimum's exporter pins transformers < 4.58, so the graphs are exported here:
+- `encoder.onnx`: pixel_values -> the cross-attention keys and values of every decoder layer
+  (computed once per image, as a KV cache would);
+- `decoder.onnx`: one greedy step: token ids + self-attention past keys/values + cross
+  keys/values -> next-token logits + the grown past.
+The decoder step is written from the TrOCR decoder's own modules (post-LN layers, learned or
+sinusoidal positions) so the graph has plain tensor inputs; a parity test checks that its
+greedy output equals PyTorch `generate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import OptimizeConfig
+from ..errors import UserError
+from ..model.loading import ModelBundle
+from ..predict import Prediction, decode_predictions
+
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+
+
+def _require_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("the onnx variants need ONNX Runtime: pip install 'trocr-tune[onnx]'") from None
+    return onnxruntime
+
+
+class EncoderGraph(nn.Module):
+    """pixel_values -> (cross_k_0, cross_v_0, ..., cross_k_{L-1}, cross_v_{L-1})."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        cfg = model.config
+        needs_proj = (
+            cfg.encoder.hidden_size != cfg.decoder.hidden_size
+            and getattr(cfg.decoder, "cross_attention_hidden_size", None) is None
+        )
+        self.proj = model.enc_to_dec_proj if needs_proj else None
+        self.layers = model.decoder.model.decoder.layers
+        self.heads = cfg.decoder.decoder_attention_heads
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hidden = self.encoder(pixel_values=pixel_values).last_hidden_state
+        if self.proj is not None:
+            hidden = self.proj(hidden)
+        b, s, _ = hidden.shape
+        out = []
+        for layer in self.layers:
+            attn = layer.encoder_attn
+            out.append(attn.k_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
+            out.append(attn.v_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
+        return tuple(out)
+
+
+class DecoderStep(nn.Module):
+    """One decoding step of a TrOCR decoder with explicit self/cross key-value tensors."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        cfg = model.config.decoder
+        decoder = model.decoder.model.decoder
+        self.embed_tokens = decoder.embed_tokens
+        self.embed_positions = decoder.embed_positions
+        self.layernorm_embedding = decoder.layernorm_embedding
+        self.layers = decoder.layers
+        self.output_projection = model.decoder.output_projection
+        self.heads = cfg.decoder_attention_heads
+        self.learned_positions = cfg.use_learned_position_embeddings
+        self.padding_idx = cfg.pad_token_id
+
+    def _positions(self, input_ids: torch.Tensor, past_length: torch.Tensor) -> torch.Tensor:
+        if self.learned_positions:  # TrOCRLearnedPositionalEmbedding: offset 2
+            return self.embed_positions.weight[past_length + 2].expand(input_ids.shape[0], 1, -1)
+        # Sinusoidal: position = padding_idx + 1 + past length (the step's token is never padding).
+        table = self.embed_positions.weights.to(self.embed_tokens.weight.dtype)
+        return table[past_length + self.padding_idx + 1].expand(input_ids.shape[0], 1, -1)
+
+    def _heads(self, t: torch.Tensor, head_dim: int) -> torch.Tensor:
+        """(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)."""
+        return t.view(t.shape[0], -1, self.heads, head_dim).transpose(1, 2)
+
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return weights @ v
+
+    def forward(self, input_ids: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(self.layers)
+        past, cross = cache[: 2 * n], cache[2 * n :]
+        past_length = torch.tensor(past[0].shape[2], dtype=torch.long)
+        x = self.embed_tokens(input_ids) + self._positions(input_ids, past_length)
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        b = x.shape[0]
+        present = []
+        for i, layer in enumerate(self.layers):
+            sa = layer.self_attn
+            q = self._heads(sa.q_proj(x) * sa.scaling, sa.head_dim)
+            k = torch.cat([past[2 * i], self._heads(sa.k_proj(x), sa.head_dim)], dim=2)
+            v = torch.cat([past[2 * i + 1], self._heads(sa.v_proj(x), sa.head_dim)], dim=2)
+            present += [k, v]
+            attn = self._attend(q, k, v).transpose(1, 2).reshape(b, 1, -1)
+            x = layer.self_attn_layer_norm(x + sa.out_proj(attn))
+            ca = layer.encoder_attn
+            q = ca.q_proj(x).view(b, -1, self.heads, ca.head_dim).transpose(1, 2) * ca.scaling
+            attn = self._attend(q, cross[2 * i], cross[2 * i + 1]).transpose(1, 2).reshape(b, 1, -1)
+            x = layer.encoder_attn_layer_norm(x + ca.out_proj(attn))
+            x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
+        logits = self.output_projection(x)[:, -1, :]
+        return (logits, *present)
+
+
+def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) -> tuple[Path, Path]:
+    """Write encoder.onnx and decoder.onnx for `model` (fp32, eval mode, eager attention)."""
+    from torch.export import Dim
+
+    model = model.float().eval().cpu()
+    with contextlib.suppress(Exception):
+        model.encoder.set_attn_implementation("eager")  # plain matmul + softmax in the graph
+    dec_cfg = model.config.decoder
+    n, heads = dec_cfg.decoder_layers, dec_cfg.decoder_attention_heads
+    head_dim = dec_cfg.d_model // heads
+    batch = Dim("batch", min=1, max=4096)
+    past_len, enc_len = Dim("past", min=0, max=8192), Dim("source", min=1, max=65536)
+    pixels = torch.zeros(2, 3, height, width)
+    encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
+    with torch.inference_mode():
+        cross = encoder(pixels)
+    past = tuple(torch.zeros(2, heads, 3, head_dim) for _ in range(2 * n))
+    ids = torch.ones(2, 1, dtype=torch.long)
+    names_past = [f"past_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
+    names_cross = [f"cross_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
+        torch.onnx.export(
+            encoder,
+            (pixels,),
+            str(enc_path),
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            input_names=["pixel_values"],
+            output_names=names_cross,
+            dynamic_shapes={"pixel_values": {0: batch}},
+        )
+        torch.onnx.export(
+            step,
+            (ids, *past, *cross),
+            str(dec_path),
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            input_names=["input_ids", *names_past, *names_cross],
+            output_names=["logits", *[n.replace("past_", "present_") for n in names_past]],
+            dynamic_shapes=(
+                {0: batch},
+                (*({0: batch, 2: past_len} for _ in past), *({0: batch, 2: enc_len} for _ in cross)),
+            ),
+        )
+    return enc_path, dec_path
+
+
+def quantize_graphs(src: Path, dst: Path) -> None:
+    """ONNX Runtime dynamic int8 quantization of both graphs (weights int8, activations at run time)."""
+    _require_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (ENCODER_FILE, DECODER_FILE):
+        # ONNX Runtime's recommended pre-processing (shape inference + graph optimisation)
+        # lets the quantizer see every MatMul it can convert.
+        prepared = src / f"prepared-{name}"
+        quant_pre_process(str(src / name), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(dst / name), weight_type=QuantType.QInt8)
+        prepared.unlink()
+
+
+class OnnxRunner:
+    """Greedy decoding with ONNX Runtime sessions; same outputs (texts, confidences) as TorchRunner."""
+
+    def __init__(self, folder: Path, bundle: ModelBundle, threads: int | None = None) -> None:
+        ort = _require_ort()
+        self.folder = folder
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(folder / ENCODER_FILE), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(folder / DECODER_FILE), options, providers=providers)
+        self.tokenizer = bundle.tokenizer
+        cfg: Any = bundle.model.config
+        dec = cfg.decoder
+        self.layers, self.heads = dec.decoder_layers, dec.decoder_attention_heads
+        self.head_dim = dec.d_model // self.heads
+        self.start = cfg.decoder_start_token_id
+        self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.device = torch.device("cpu")
+        self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_")]
+        self.cross_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("cross_")]
+
+    def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
+        if kwargs.get("num_beams", 1) != 1:
+            raise UserError("the onnx variants decode greedily (eval.num_beams=1)")
+        steps = int(kwargs["max_length"]) - 1
+        pixels = pixel_values.detach().cpu().float().numpy()
+        cross = dict(zip(self.cross_names, self.encoder.run(None, {"pixel_values": pixels}), strict=True))
+        b = pixels.shape[0]
+        past = {name: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for name in self.past_names}
+        ids = np.full((b, 1), self.start, np.int64)
+        finished = np.zeros(b, bool)
+        tokens, logps = [], []
+        for _ in range(steps):
+            logits, *present = self.decoder.run(None, {"input_ids": ids, **past, **cross})
+            shifted = logits - logits.max(axis=-1, keepdims=True)
+            logprobs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+            token = logprobs.argmax(axis=-1)
+            token = np.where(finished, self.pad, token)
+            tokens.append(token)
+            logps.append(logprobs[np.arange(b), token])
+            finished |= token == self.eos
+            past = dict(zip(self.past_names, present, strict=True))
+            ids = token[:, None].astype(np.int64)
+            if finished.all():
+                break
+        generated = np.stack(tokens, axis=1).tolist()
+        return decode_predictions(self.tokenizer, generated, torch.from_numpy(np.stack(logps, axis=1)))
+
+
+def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: bool) -> OnnxRunner:
+    """Export to a temporary folder (and quantize) and return a runner over it."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="trocr-tune-onnx-"))
+    export_variant(bundle, folder, cfg, int8)
+    return OnnxRunner(folder, bundle)
+
+
+def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:
+    import copy
+
+    _require_ort()
+    model = copy.deepcopy(bundle.model)
+    if not int8:
+        export(model, folder, bundle.info.image_height, bundle.info.image_width, cfg.onnx_opset)
+        return
+    fp32 = folder / "fp32"
+    export(model, fp32, bundle.info.image_height, bundle.info.image_width, cfg.onnx_opset)
+    quantize_graphs(fp32, folder)
+    for name in (ENCODER_FILE, DECODER_FILE):
+        (fp32 / name).unlink()
+    fp32.rmdir()
+
+
+def load_onnx_runner(folder: Path, bundle: ModelBundle, device: torch.device) -> OnnxRunner:
+    if device.type != "cpu":
+        raise UserError("the onnx variants run on CPU (ONNX Runtime CPU execution provider)")
+    if not (folder / ENCODER_FILE).is_file():
+        raise UserError(f"{folder}: {ENCODER_FILE} missing; re-run trocr-tune optimize --variant onnx")
+    return OnnxRunner(folder, bundle)

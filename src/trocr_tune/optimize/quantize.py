@@ -1,0 +1,39 @@
+"""int8-dynamic: dynamic int8 quantization of every Linear layer, for CPU inference.
+
+Dynamic quantization is a deterministic function of the fp32 weights, so the artifact stores
+the fp32 checkpoint and this module re-applies it at load (a second or so): quantized modules
+have no safetensors form that plain Transformers could load.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import warnings
+from typing import Any
+
+import torch
+
+from ..config import OptimizeConfig
+from ..model.loading import ModelBundle
+from .runners import TorchRunner
+
+
+def quantize_int8(model: Any) -> Any:
+    """A copy of `model` whose nn.Linear layers run int8 weights with int8 dynamic activations."""
+    engines = torch.backends.quantized.supported_engines
+    # x86/fbgemm kernels on Intel/AMD, qnnpack on Arm.
+    wanted = "qnnpack" if platform.machine().lower() in ("arm64", "aarch64") else "x86"
+    if wanted in engines:
+        torch.backends.quantized.engine = wanted
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, which this project avoids
+        # (it slows and pollutes imports); the eager dynamic path still works in torch 2.13.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
+
+
+def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> TorchRunner:
+    return TorchRunner(quantize_int8(bundle.model.cpu()), bundle.tokenizer, device)
