@@ -339,3 +339,44 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [trocr_tune_bin(), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
+
+
+TINY_MODEL = [
+    "model.preset=tiny",
+    "model.image_height=32",
+    "model.image_width=128",
+    "train.num_workers=0",
+    "train.logging_steps=5",
+]
+
+
+@pytest.fixture(scope="session")
+def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rendered words as a manifest: 12 train lines, the first 4 again as validation and test."""
+    from builders import word_manifest
+
+    return word_manifest(tmp_path_factory.mktemp("words"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(words: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short training run (tiny preset) shared by evaluation, optimization and benchmark tests."""
+    from trocr_tune.config import load_config
+    from trocr_tune.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY_MODEL,
+            "train.max_steps=30",
+            "train.eval_steps=15",
+            "model.dropout=0",
+            "train.learning_rate=3e-3",
+            f"train.output_dir={out}",
+        ],
+    )
+    train(cfg)
+    return out

@@ -23,41 +23,9 @@ from trocr_tune.predict import transcribe
 from trocr_tune.train import train
 
 from builders import build_roberta_style_checkpoint, word_manifest
-from conftest import SHARED_DATA, run_cli
+from conftest import SHARED_DATA, TINY_MODEL, run_cli
 
-TINY = [
-    "model.preset=tiny",
-    "model.image_height=32",
-    "model.image_width=128",
-    "train.num_workers=0",
-    "train.logging_steps=5",
-]
-
-
-@pytest.fixture(scope="module")
-def words(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return word_manifest(tmp_path_factory.mktemp("words"))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(words: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One short training run shared by the evaluate / predict / round-trip tests."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(
-        None,
-        [
-            "data.layout=manifest",
-            f"data.root={words}",
-            *TINY,
-            "train.max_steps=30",
-            "train.eval_steps=15",
-            "model.dropout=0",
-            "train.learning_rate=3e-3",
-            f"train.output_dir={out}",
-        ],
-    )
-    train(cfg)
-    return out
+TINY = TINY_MODEL
 
 
 @pytest.mark.realdata
@@ -328,3 +296,15 @@ def test_two_processes_on_cpu_gloo(words: Path, tmp_path: Path) -> None:
     # 12 training lines, 2 processes x batch 4 = 8 lines per step -> 4 steps = 8/3 epochs.
     assert metrics["train"]["epochs"] == pytest.approx(4 * 8 / 12, rel=0.3)
     assert proc.stdout.count("model: ") == 1  # only rank 0 reports
+
+
+def test_train_compile_reaches_the_trainer(words: Path, tmp_path: Path) -> None:
+    from trocr_tune.train import _training_args
+
+    cfg = load_config(
+        None, ["data.layout=manifest", f"data.root={words}", *TINY, "train.compile=max-autotune"]
+    )
+    args = _training_args(cfg, has_eval=True, checkpoints=tmp_path, learning_rate=1e-3)
+    assert args.torch_compile is True and args.torch_compile_mode == "max-autotune"
+    plain = _training_args(load_config(None, TINY), has_eval=True, checkpoints=tmp_path, learning_rate=1e-3)
+    assert plain.torch_compile is False

@@ -10,6 +10,7 @@ import click
 
 from .config import Config, load_config
 from .errors import UserError
+from .runtime import is_main_process
 
 CONFIG_HELP = (
     "CONFIG is an optional YAML recipe (see configs/); each KEY=VALUE overrides one dotted key, "
@@ -145,7 +146,6 @@ def train_command(args: tuple[str, ...]) -> None:
 
     CONFIG_HELP
     """
-    from .runtime import is_main_process
     from .train import train
 
     result = train(config_from_args(args))
@@ -176,6 +176,8 @@ def evaluate_command(
 ) -> None:
     """Transcribe the data.split split (default test) with MODEL and score it.
 
+    MODEL is a checkpoint or an artifact of `trocr-tune optimize` (the variant is re-applied).
+
     Reports corpus CER/WER, mean per-sample CER, mean similarity, exact match (each also
     case-insensitive), the worst 20 lines, a character confusion table, time and lines/s.
     Decoding: greedy, or beam search with eval.num_beams / eval.length_penalty /
@@ -183,13 +185,15 @@ def evaluate_command(
     """
     from .data.reader import read_dataset
     from .evaluate import evaluate_bundle, print_report, write_report
-    from .model.loading import load_bundle
+    from .optimize import load_runner
+    from .predict import pick_device
 
     cfg = config_from_args(args)
     samples = read_dataset(cfg.data).split(cfg.data.split)
     if not samples:
         raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
-    report = evaluate_bundle(load_bundle(model_path), samples, cfg.eval, device, workers)
+    bundle, runner = load_runner(model_path, pick_device(device), cfg.optimize)
+    report = evaluate_bundle(bundle, samples, cfg.eval, device, workers, runner=runner)
     print_report(report)
     if out:
         write_report(report, out, cfg)
@@ -225,27 +229,168 @@ def predict_command(
 ) -> None:
     """Transcribe line images: prints one `path<TAB>text<TAB>confidence` line per image.
 
-    Inputs may be image files, folders (searched recursively) or manifests (.jsonl/.csv/.tsv
-    with an `image` column). The confidence is the mean log-probability of the generated
-    tokens (0 = certain).
+    MODEL is a checkpoint or an artifact of `trocr-tune optimize`. Inputs may be image files,
+    folders (searched recursively) or manifests (.jsonl/.csv/.tsv with an `image` column). The
+    confidence is the mean log-probability of the generated tokens (0 = certain).
     """
     from .config import EvalConfig
-    from .model.loading import load_bundle
+    from .optimize import load_runner
     from .predict import collect_images, pick_device, transcribe, write_predictions
-
-    images = collect_images(inputs, manifest_images)
     from .predict import shard as take_shard
 
-    images = take_shard(images, shard)
-    bundle = load_bundle(model_path)
+    images = take_shard(collect_images(inputs, manifest_images), shard)
+    bundle, runner = load_runner(model_path, pick_device(device))
     cfg = EvalConfig(batch_size=batch_size, num_beams=num_beams)
-    predictions, _ = transcribe(bundle, images, cfg, pick_device(device), workers)
+    predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
     if out:
         write_predictions(images, predictions, out)
         click.echo(f"wrote {len(images)} predictions to {out}", err=True)
     else:
         for path, p in zip(images, predictions, strict=True):
             click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
+
+
+def _variants_help() -> str:
+    from .optimize import VARIANTS
+
+    rows = [
+        f"  {v.name:<24} {v.summary}; saved as: {v.storage}" for v in VARIANTS.values() if v.name != "fp32"
+    ]
+    return "\b\nVariants (--variant):\n" + "\n".join(rows)
+
+
+@cli.command("optimize", epilog=_variants_help())
+@click.argument("model_path", metavar="MODEL")
+@click.argument("args", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--variant", required=True, help="Variant to produce (list below).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Artifact folder to write."
+)
+@click.option(
+    "--finetune",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML recipe (data + train sections) to fine-tune a pruned model; pruned weights stay zero.",
+)
+def optimize_command(
+    model_path: str, args: tuple[str, ...], variant: str, out: Path, finetune: Path | None
+) -> None:
+    """Make MODEL (a trained fp32 checkpoint) cheaper; writes an artifact folder.
+
+    \b
+    The artifact loads in evaluate, predict and benchmark:
+      - int8-dynamic, compile-*, bf16, fp16: the fp32 checkpoint plus a note; the variant is
+        re-applied deterministically at load (dynamic quantization and compilation have no
+        portable saved form);
+      - prune-l1, prune-structured: a plain checkpoint (sparse / smaller) that plain
+        Transformers loads too;
+      - onnx, onnx-int8: encoder.onnx + decoder.onnx beside the checkpoint.
+    optimize.json reports parameters and FLOPs before/after, sparsity per module (prune-l1),
+    removed heads/channels (prune-structured) and the fine-tune's metrics. KEY=VALUE overrides
+    the optimize.* keys (and, with --finetune, that recipe's keys too).
+    """
+    from .optimize.run import optimize_model
+
+    cfg = load_config(None, list(args))
+    finetune_cfg = load_config(finetune, list(args)) if finetune else None
+    report = optimize_model(model_path, variant, out, cfg, finetune_cfg)
+    if not is_main_process():
+        return
+    before, after = report["before"], report["after"]
+    click.echo(
+        f"{variant}: parameters {before['parameters']:,} -> {after['parameters']:,}; "
+        f"size on disk {report['size_bytes'] / 2**20:.2f} MB"
+    )
+    if "sparsity" in report:
+        click.echo(
+            f"achieved sparsity {report['sparsity']['overall']:.4f} (requested {cfg.optimize.prune_amount})"
+        )
+    click.echo(f"artifact: {out} (report: {out / 'optimize.json'})")
+
+
+@cli.command("benchmark")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option(
+    "--variants",
+    default="",
+    help="Comma-separated variants applied to MODEL on the fly, or NAME=DIR / DIR for artifacts of "
+    "`optimize`. The fp32 baseline always runs first.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for benchmark.md / .csv / .json / .png and config.yaml.",
+)
+@click.option(
+    "--batch-size", default=16, show_default=True, help="Lines per generate call in the timed runs."
+)
+@click.option(
+    "--runs",
+    default=3,
+    show_default=True,
+    help="Timed full passes over the split (median and spread reported).",
+)
+@click.option(
+    "--warmup",
+    default=1,
+    show_default=True,
+    help="Untimed warm-up batches per variant (compilation happens here).",
+)
+@click.option(
+    "--latency-lines",
+    default=16,
+    show_default=True,
+    help="Lines decoded one by one for the batch-1 latency percentiles.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="One device per table: cpu or cuda (auto picks cuda when present).",
+)
+@click.option("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's).")
+@click.option(
+    "--no-isolate",
+    is_flag=True,
+    help="Run variants in this process instead of one fresh process each (peak RSS then accumulates).",
+)
+def benchmark_command(
+    model_path: str,
+    args: tuple[str, ...],
+    variants: str,
+    out: Path,
+    batch_size: int,
+    runs: int,
+    warmup: int,
+    latency_lines: int,
+    device: str,
+    threads: int | None,
+    no_isolate: bool,
+) -> None:
+    """Run the fp32 baseline and each variant on the same split and write one table.
+
+    Columns: CER, WER, mean similarity, exact match (one normalisation for all), test time
+    (median of the timed runs, spread), lines/s, batch-1 latency p50/p95, model size on disk,
+    peak RSS, training time per epoch for fine-tuned variants, and ratios to the baseline.
+    Variants that cannot run on the chosen device are listed as skipped, never mixed into
+    another device's table. CONFIG_HELP
+    """
+    from .benchmark import Settings, benchmark, markdown
+
+    cfg = config_from_args(args)
+    settings = Settings(batch_size, runs, warmup, latency_lines, device, threads)
+    result = benchmark(
+        model_path,
+        cfg,
+        variants.split(","),
+        out,
+        settings,
+        isolate=not no_isolate,
+        progress=lambda label: click.echo(f"benchmarking {label} ...", err=True),
+    )
+    click.echo(markdown(result))
+    click.echo(f"written: {', '.join(str(p) for p in result.files.values())}")
 
 
 def manifest_images(path: Path) -> list[str]:
@@ -257,7 +402,7 @@ def manifest_images(path: Path) -> list[str]:
     return [s.image for s in read_manifest(cfg, path, DropLog())]
 
 
-for _command in (data_preview, train_command, evaluate_command):
+for _command in (data_preview, train_command, evaluate_command, benchmark_command):
     _command.help = (_command.help or "").replace("CONFIG_HELP", CONFIG_HELP)
 
 

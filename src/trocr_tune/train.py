@@ -163,6 +163,8 @@ def _training_args(
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         activation_checkpointing=t.gradient_checkpointing,
+        torch_compile=t.compile is not None,
+        torch_compile_mode=t.compile,
         save_only_model=False,
         disable_tqdm=False,
     )
@@ -281,6 +283,7 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
         "dropped": dict(result.log.by_reason()),
         "notes": result.log.notes + notes,
     }
+    bundle.info.extra["train_seconds_per_epoch"] = metrics["train"]["seconds_per_epoch"]
     if trainer.is_world_process_zero():
         save_bundle(bundle, model_dir)
         if eval_samples:

@@ -1,0 +1,447 @@
+"""`trocr-tune benchmark`: every variant side by side on the same lines, device and metric.
+
+Honesty rules, all enforced here:
+- one device per table (a CPU table and a GPU table are never mixed);
+- the same test split, preprocessed once: every variant decodes the very same pixel tensors;
+- the same generation settings and the same metric normalisation for every variant;
+- each variant runs in a fresh process (its own peak RSS, no compile cache or thread pool
+  shared with another variant), warm-up runs are excluded, timed runs are repeated and their
+  median and spread reported, and ratios are to the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, EvalConfig, OptimizeConfig, save_config
+from .data.dataset import LineDataset, collate
+from .data.reader import read_dataset
+from .errors import UserError
+from .evaluate import score_predictions
+from .model.loading import load_bundle, max_new_tokens_for
+from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
+from .optimize.run import artifact_size
+from .predict import Prediction, generation_kwargs, pick_device
+
+
+@dataclass
+class Settings:
+    batch_size: int = 16
+    runs: int = 3
+    warmup: int = 1
+    latency_lines: int = 16
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class VariantSpec:
+    """`name` (applied to MODEL on the fly), `name=DIR` or `DIR` (an artifact of `optimize`)."""
+
+    label: str
+    name: str
+    artifact: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> VariantSpec:
+        name, sep, path = text.partition("=")
+        if sep:
+            return cls(f"{name} ({Path(path).name})", get_variant(name).name, path)
+        if name in VARIANTS:
+            return cls(name, name)
+        folder = Path(name)
+        if folder.is_dir():
+            bundle_variant = (
+                json.loads((folder / "trocr_tune.json").read_text()).get("extra", {}).get("variant", BASELINE)
+            )
+            return cls(f"{bundle_variant} ({folder.name})", bundle_variant, str(folder))
+        raise UserError(
+            f"--variants: {text!r} is neither a variant ({', '.join(VARIANTS)}) nor an artifact folder"
+        )
+
+
+@dataclass
+class Row:
+    label: str
+    variant: str
+    metrics: dict[str, float]
+    times: list[float]
+    latency_ms: list[float]
+    warmup_seconds: float
+    size_bytes: int
+    peak_rss_bytes: int
+    train_seconds_per_epoch: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.times)
+
+    def summary(self, n: int) -> dict[str, float | None]:
+        lat = sorted(self.latency_ms)
+        return {
+            "cer": self.metrics["cer"],
+            "wer": self.metrics["wer"],
+            "mean_similarity": self.metrics["mean_similarity"],
+            "exact_match": self.metrics["exact_match"],
+            "test_seconds": self.seconds,
+            "test_seconds_spread": max(self.times) - min(self.times),
+            "lines_per_second": n / self.seconds,
+            "latency_p50_ms": _percentile(lat, 50),
+            "latency_p95_ms": _percentile(lat, 95),
+            "size_mb": self.size_bytes / 2**20,
+            "peak_rss_mb": self.peak_rss_bytes / 2**20,
+            "train_seconds_per_epoch": self.train_seconds_per_epoch,
+        }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = (len(sorted_values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+def _serialized_size(runner: Any, spec: VariantSpec, model_path: str) -> int:
+    """Bytes the variant's weights take when saved (int8: its quantized state dict; pruning:
+    a dense checkpoint, zeros included, which is what unstructured sparsity saves as)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.name == "int8-dynamic":
+            torch.save(runner.model.state_dict(), Path(tmp) / "int8.pt")
+            return artifact_size(Path(tmp))
+        if spec.artifact:
+            return artifact_size(Path(spec.artifact))
+        if spec.name in ("onnx", "onnx-int8"):
+            return artifact_size(runner.folder)
+        if spec.name in ("prune-l1", "prune-structured"):
+            runner.model.save_pretrained(tmp)
+            return artifact_size(Path(tmp))
+    return artifact_size(Path(model_path))  # weights unchanged (compile, autocast)
+
+
+def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one variant (in its own process): warm-up, timed full passes, batch-1 latency."""
+    settings = Settings(**job["settings"])
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = pick_device(settings.device)
+    spec = VariantSpec(**job["spec"])
+    ocfg = OptimizeConfig(**job["optimize"])
+    if spec.artifact:
+        bundle, runner = load_runner(spec.artifact, device, ocfg)
+    else:
+        bundle = load_bundle(job["model"])
+        runner = get_variant(spec.name).apply(bundle, ocfg, device)
+    pixels = torch.load(job["pixels"])
+    kwargs = generation_kwargs(bundle, EvalConfig(**job["eval"]), job["budget"])
+    batches = list(torch.split(pixels, settings.batch_size))
+    start = time.perf_counter()
+    for _ in range(settings.warmup):
+        runner.generate_batch(batches[0], kwargs)
+    warmup = time.perf_counter() - start
+    times, predictions = [], []
+    for _ in range(settings.runs):
+        start = time.perf_counter()
+        predictions = [p for batch in batches for p in runner.generate_batch(batch, kwargs)]
+        times.append(time.perf_counter() - start)
+    lines = pixels[: settings.latency_lines]
+    runner.generate_batch(lines[:1], kwargs)  # batch-1 shapes warm too
+    latency = []
+    for i in range(len(lines)):
+        start = time.perf_counter()
+        runner.generate_batch(lines[i : i + 1], kwargs)
+        latency.append((time.perf_counter() - start) * 1000)
+    stats = getattr(runner, "compile_stats", None)
+    return {
+        "predictions": [(p.text, p.confidence) for p in predictions],
+        "times": times,
+        "latency_ms": latency,
+        "warmup_seconds": warmup,
+        "size_bytes": _serialized_size(runner, spec, job["model"]),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # The training that produced the weights this variant runs (fp32's when it reuses them).
+        "train_seconds_per_epoch": bundle.info.extra.get(
+            "finetune_seconds_per_epoch", bundle.info.extra.get("train_seconds_per_epoch")
+        ),
+        "notes": {"compile": stats.as_dict()} if stats is not None else {},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _run_isolated(job: dict[str, Any], isolate: bool) -> dict[str, Any]:
+    if not isolate:
+        return measure_variant(job)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_variant, job).result()
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[Row]
+    n: int
+    environment: dict[str, Any]
+    skipped: dict[str, str]
+    files: dict[str, Path]
+
+
+def benchmark(
+    model_path: str,
+    cfg: Config,
+    specs: list[str],
+    out: Path,
+    settings: Settings | None = None,
+    isolate: bool = True,
+    progress: Any = None,
+) -> BenchmarkResult:
+    """Benchmark the baseline and each variant on `cfg.data.split`; write md/csv/json/png to `out`."""
+    settings = settings or Settings()
+    samples = read_dataset(cfg.data).split(cfg.data.split)
+    if not samples:
+        raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
+    bundle = load_bundle(model_path)
+    if variant_of(bundle) != BASELINE:
+        raise UserError(
+            f"MODEL must be the fp32 checkpoint (the baseline), not a {variant_of(bundle)} artifact"
+        )
+    device = pick_device(settings.device)
+    parsed = [VariantSpec.parse(s) for s in specs if s.strip()]
+    skipped = {}
+    runnable = [VariantSpec(BASELINE, BASELINE)]
+    for spec in parsed:
+        variant = get_variant(spec.name)
+        if device.type not in variant.devices:
+            skipped[spec.label] = f"runs on {'/'.join(variant.devices)}, this table is {device.type}"
+        elif spec.name in ("onnx", "onnx-int8") and not _has_ort():
+            skipped[spec.label] = "onnxruntime not installed (pip install 'trocr-tune[onnx]')"
+        else:
+            runnable.append(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = max(bundle.info.max_new_tokens, max_new_tokens_for(bundle.tokenizer, [s.text for s in samples]))
+    with tempfile.TemporaryDirectory() as tmp:
+        # The same pixels for everyone: preprocess once with the baseline's processor.
+        dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, collate_fn=collate)
+        pixels = torch.cat([b["pixel_values"] for b in loader])
+        pixels_path = Path(tmp) / "pixels.pt"
+        torch.save(pixels, pixels_path)
+        rows = []
+        for spec in runnable:
+            if progress:
+                progress(spec.label)
+            job = {
+                "spec": asdict(spec),
+                "model": model_path,
+                "pixels": str(pixels_path),
+                "settings": asdict(settings),
+                "optimize": asdict(cfg.optimize),
+                "eval": asdict(cfg.eval),
+                "budget": budget,
+            }
+            result = _run_isolated(job, isolate)
+            predictions = [Prediction(t, c) for t, c in result["predictions"]]
+            report = score_predictions(samples, predictions, cfg.eval, statistics.median(result["times"]))
+            rows.append(
+                Row(
+                    spec.label,
+                    spec.name,
+                    report.metrics.as_dict(),
+                    result["times"],
+                    result["latency_ms"],
+                    result["warmup_seconds"],
+                    result["size_bytes"],
+                    result["peak_rss_bytes"],
+                    result["train_seconds_per_epoch"],
+                    {**result["notes"], "threads": result["threads"]},
+                )
+            )
+    environment = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": rows[0].notes.get("threads"),
+        "torch": torch.__version__,
+        "lines": len(samples),
+        "split": cfg.data.split,
+        "batch_size": settings.batch_size,
+        "timed_runs": settings.runs,
+        "warmup_runs": settings.warmup,
+        "latency_lines": min(settings.latency_lines, len(samples)),
+        "generation": {"num_beams": cfg.eval.num_beams, "max_new_tokens": budget},
+        "metric_normalisation": {
+            "unicode_form": cfg.eval.metric_unicode_form,
+            "collapse_whitespace": cfg.eval.metric_collapse_whitespace,
+        },
+        "isolated_processes": isolate,
+    }
+    outcome = BenchmarkResult(rows, len(samples), environment, skipped, {})
+    outcome.files = write_outputs(outcome, out)
+    save_config(cfg, out / "config.yaml")
+    return outcome
+
+
+def _has_ort() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+RATIO_KEYS = ("lines_per_second", "latency_p50_ms", "size_mb", "peak_rss_mb", "cer", "mean_similarity")
+
+
+def table(result: BenchmarkResult) -> list[dict[str, Any]]:
+    """One dict per variant: its figures and, for each key in RATIO_KEYS, its ratio to the baseline."""
+    base = result.rows[0].summary(result.n)
+    out = []
+    for row in result.rows:
+        s = row.summary(result.n)
+        record: dict[str, Any] = {"variant": row.label, **s}
+        for key in RATIO_KEYS:
+            record[f"{key}_ratio"] = _ratio(s[key], base[key])
+        record["warmup_seconds"] = row.warmup_seconds
+        record["notes"] = row.notes
+        out.append(record)
+    return out
+
+
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    """value / baseline; 1.0 when both are zero (e.g. CER 0 vs 0), inf when only the baseline is."""
+    if value is None or baseline is None:
+        return None
+    if baseline == 0:
+        return 1.0 if value == 0 else float("inf")
+    return value / baseline
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+COLUMNS = (
+    "| variant | CER | WER | mean sim. | exact | test time s (spread) | lines/s "
+    "| latency p50 / p95 ms (batch 1) | size MB | peak RSS MB | train s/epoch |"
+)
+
+
+def _with_ratio(r: dict[str, Any], text: str, key: str) -> str:
+    """`text` followed by the row's ratio to the baseline for `key` (the baseline row shows none)."""
+    return text if r["variant"] == BASELINE else f"{text} ({_fmt(r[f'{key}_ratio'])}x)"
+
+
+def _markdown_row(r: dict[str, Any]) -> str:
+    cells = [
+        r["variant"],
+        _with_ratio(r, _fmt(r["cer"], 4), "cer"),
+        _fmt(r["wer"], 4),
+        _fmt(r["mean_similarity"], 4),
+        _fmt(r["exact_match"], 3),
+        f"{_fmt(r['test_seconds'], 3)} ({_fmt(r['test_seconds_spread'], 3)})",
+        _with_ratio(r, _fmt(r["lines_per_second"], 1), "lines_per_second"),
+        _with_ratio(r, f"{_fmt(r['latency_p50_ms'], 1)} / {_fmt(r['latency_p95_ms'], 1)}", "latency_p50_ms"),
+        _with_ratio(r, _fmt(r["size_mb"], 2), "size_mb"),
+        _with_ratio(r, _fmt(r["peak_rss_mb"], 0), "peak_rss_mb"),
+        _fmt(r["train_seconds_per_epoch"], 1),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(result: BenchmarkResult) -> str:
+    env = result.environment
+    rows = table(result)
+    lines = [
+        f"Device: **{env['device']}** ({env['device_name']}, {env['threads']} threads, "
+        f"torch {env['torch']}); {env['lines']} lines of the {env['split']} split, "
+        f"batch {env['batch_size']}, "
+        f"{env['generation']['num_beams']} beam(s); median of {env['timed_runs']} timed runs after "
+        f"{env['warmup_runs']} warm-up run(s); latency over {env['latency_lines']} lines at batch 1. "
+        "Ratios (x) are to fp32 measured in the same run.",
+        "",
+        COLUMNS,
+        "|" + "---|" * COLUMNS.count(" | ") + "---|",
+        *(_markdown_row(r) for r in rows),
+        "\ntrain s/epoch: the training that produced the weights the variant runs (the fine-tune for "
+        "pruned artifacts fine-tuned by `optimize --finetune`, otherwise the fp32 model's own training).",
+    ]
+    lines += [f"\nSkipped {label}: {reason}." for label, reason in result.skipped.items()]
+    for r in rows:
+        c = r["notes"].get("compile")
+        if c:
+            lines.append(
+                f"\n{r['variant']}: {sum(c['graphs'].values())} compiled graphs, {sum(c['calls'].values())} "
+                f"calls into them (encoder {c['calls'].get('encoder', 0)}, "
+                f"decoder {c['calls'].get('decoder', 0)}), "
+                f"{c['graph_breaks']} graph breaks; compile time is in the excluded warm-up "
+                f"({_fmt(r['warmup_seconds'], 1)} s)."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: BenchmarkResult, out: Path) -> dict[str, Path]:
+    import csv
+
+    rows = table(result)
+    files = {name: out / f"benchmark.{name}" for name in ("md", "csv", "json", "png")}
+    files["md"].write_text(markdown(result), encoding="utf-8")
+    columns = [k for k in rows[0] if k != "notes"]
+    with files["csv"].open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    payload = {
+        "environment": result.environment,
+        "rows": rows,
+        "runs": [{"variant": r.label, "times": r.times, "latency_ms": r.latency_ms} for r in result.rows],
+        "skipped": result.skipped,
+    }
+    files["json"].write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    plot(rows, result.environment, files["png"])
+    return files
+
+
+def plot(rows: list[dict[str, Any]], environment: dict[str, Any], path: Path) -> None:
+    """Accuracy (CER, lower is better) against throughput (lines/s), one labelled point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        baseline = r["variant"] == BASELINE
+        ax.scatter(r["lines_per_second"], r["cer"], s=80 if baseline else 45, marker="*" if baseline else "o")
+        ax.annotate(
+            r["variant"],
+            (r["lines_per_second"], r["cer"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("lines per second (higher is better)")
+    ax.set_ylabel("CER (lower is better)")
+    ax.set_title(
+        f"{environment['device']}: {environment['lines']} lines, batch {environment['batch_size']}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
