@@ -1,0 +1,500 @@
+"""Seeded synthetic handwriting lines (handwriting fonts + real digits) in the manifest layout."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import multiprocessing
+import string
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import UserError
+from .synth_text import DEFAULT_KIND_WEIGHTS, kind_table, sample_kind_and_text
+
+# Font slug -> the fontpkg distribution module that ships its TTF(s) plus a metadata.json.
+FONT_PACKAGES: dict[str, str] = {
+    "caveat": "fontpkg_caveat",
+    "dancing-script": "fontpkg_dancing_script",
+    "delius": "fontpkg_delius",
+    "great-vibes": "fontpkg_great_vibes",
+    "indie-flower": "fontpkg_indie_flower",
+    "kalam": "fontpkg_kalam",
+    "permanent-marker": "fontpkg_permanent_marker",
+    "shadows-into-light": "fontpkg_shadows_into_light",
+    "zeyada": "fontpkg_zeyada",
+}
+# Two mid-difficulty casual hands; neither is the only cursive or the only all-caps-like font.
+DEFAULT_TEST_FONTS = ("kalam", "shadows-into-light")
+CHAR_CLASSES: dict[str, str] = {
+    "latin": string.ascii_uppercase + string.ascii_lowercase,
+    "spanish": "áéíóúñÑüÁÉÍÓÚÜ¿¡",
+    "digits": string.digits,
+}
+SPLITS = ("train", "validation", "test")
+DIGITS_FONT = "sklearn-digits"
+_NOTDEF_PROBE = "\uffff"  # a Unicode noncharacter: no font maps it, so it draws .notdef
+_PROBE_SIZE = 48
+_GOLDEN = 0.6180339887498949
+
+
+def available_fonts() -> dict[str, Path]:
+    """Installed handwriting fonts (slug -> regular-weight TTF); uninstalled ones are skipped."""
+    found: dict[str, Path] = {}
+    for slug, module in FONT_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        root = resources.files(module)
+        meta = json.loads(root.joinpath("metadata.json").read_text(encoding="utf-8"))
+        files = [f for f in meta["files"] if f.get("style", "normal") == "normal"]
+        # Static 400 first, then a variable file (its default instance is the regular weight).
+        files.sort(key=lambda f: (f.get("weight") != 400, not f.get("variable"), f["path"]))
+        if files:
+            path = Path(str(root.joinpath(files[0]["path"])))
+            if path.is_file():
+                found[slug] = path
+    return found
+
+
+@lru_cache(maxsize=256)
+def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    # BASIC layout: per-glyph rendering needs no shaping, and it is identical with or without raqm.
+    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
+
+
+@lru_cache(maxsize=32768)
+def _glyph(path: str, size: int, ch: str) -> tuple[np.ndarray, int, int, float]:
+    """(8-bit coverage bitmap, left, top relative to pen and baseline, advance) of one char."""
+    font = _font(path, size)
+    box = font.getbbox(ch, anchor="ls")
+    x0, y0, x1, y1 = math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
+    advance = float(font.getlength(ch))
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((0, 0), np.uint8), 0, 0, advance
+    img = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(img).text((-x0, -y0), ch, font=font, fill=255, anchor="ls")
+    return np.asarray(img), x0, y0, advance
+
+
+@lru_cache(maxsize=65536)
+def _drawable(path: str, ch: str) -> bool:
+    # A missing glyph draws as .notdef (an empty or boxed shape) or draws nothing at all.
+    if ch == " ":
+        return True
+    bmp, _, _, advance = _glyph(path, _PROBE_SIZE, ch)
+    if bmp.size == 0 or int(bmp.max()) == 0 or advance <= 0:
+        return False
+    notdef = _glyph(path, _PROBE_SIZE, _NOTDEF_PROBE)[0]
+    return not (notdef.shape == bmp.shape and np.array_equal(notdef, bmp))
+
+
+@lru_cache(maxsize=256)
+def caps_only(font_path: str | Path) -> bool:
+    """True for fonts whose lowercase letters are small capitals (e.g. Permanent Marker)."""
+    path, ious = str(font_path), []
+    # Letters whose two cases differ in shape in any ordinary hand (not c o s v w x z).
+    for ch in "abdefghnqr":
+        lower, upper = (_glyph(path, _PROBE_SIZE, c)[0] for c in (ch, ch.upper()))
+        if lower.size == 0 or upper.size == 0:
+            continue
+        a, b = (cv2.resize(g, (24, 24), interpolation=cv2.INTER_AREA) > 64 for g in (lower, upper))
+        ious.append((a & b).sum() / max(1, (a | b).sum()))
+    # Measured: small-caps Permanent Marker scores 0.93, the other hands 0.18-0.45.
+    return bool(ious) and float(np.median(ious)) > 0.75
+
+
+def missing_chars(font_path: str | Path, text: str) -> str:
+    """The characters of `text` the font cannot draw (sorted, no duplicates; '' if none)."""
+    return "".join(sorted(c for c in set(text) if not _drawable(str(font_path), c)))
+
+
+def font_report(fonts: Mapping[str, Path] | None = None) -> dict[str, dict[str, str]]:
+    """Per font and CHAR_CLASSES class, the characters it cannot draw ('' when it draws all)."""
+    fonts = available_fonts() if fonts is None else fonts
+    return {
+        name: {cls: missing_chars(path, chars) for cls, chars in CHAR_CLASSES.items()}
+        for name, path in fonts.items()
+    }
+
+
+def paste_glyph(
+    canvas: np.ndarray,
+    bmp: np.ndarray,
+    x: float,
+    y: float,
+    angle: float,
+    scale: float,
+) -> None:
+    """Max-composite `bmp` rotated (degrees) and scaled about its centre, top-left at (x, y)."""
+    h, w = bmp.shape
+    if h == 0 or w == 0:
+        return
+    pad = int(0.3 * max(h, w) * max(scale, 1.0)) + 2
+    fx, fy = x - math.floor(x), y - math.floor(y)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    # Sub-pixel pen position goes into the warp instead of being lost to rounding.
+    m[:, 2] += np.array([pad + fx, pad + fy])
+    patch = cv2.warpAffine(bmp, m, (w + 2 * pad, h + 2 * pad), flags=cv2.INTER_LINEAR)
+    top, left = math.floor(y) - pad, math.floor(x) - pad
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + patch.shape[0], canvas.shape[0]), min(left + patch.shape[1], canvas.shape[1])
+    if y1 > y0 and x1 > x0:
+        region = canvas[y0:y1, x0:x1]
+        np.maximum(region, patch[y0 - top : y1 - top, x0 - left : x1 - left], out=region)
+
+
+def layout_font_line(text: str, font_path: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Ink coverage (uint8) of `text` drawn glyph by glyph with jitter and baseline wobble."""
+    path = str(font_path)
+    ascent, descent = _font(path, size).getmetrics()
+    glyphs = [_glyph(path, size, ch) for ch in text]
+    pad = size
+    # Room for the widest tracking and word spacing drawn below, so no glyph is ever clipped.
+    width = int(sum(g[3] for g in glyphs) * 1.6 + 0.1 * size * len(text)) + 2 * pad
+    canvas = np.zeros((ascent + descent + 2 * pad, width), np.uint8)
+    baseline = pad + ascent
+    wobble = (rng.uniform(0, 0.05) * size, rng.uniform(3, 10) * size, rng.uniform(0, 2 * np.pi))
+    tracking, word_space = rng.uniform(-0.03, 0.07) * size, rng.uniform(0.8, 1.6)
+    rot_sd, scale_sd, shift_sd = rng.uniform(0, 4), rng.uniform(0, 0.06), rng.uniform(0, 0.03)
+    j = rng.standard_normal((4, len(text)))
+    angles = np.clip(j[0] * rot_sd, -10, 10).tolist()
+    scales = (1 + np.clip(j[1] * scale_sd, -0.15, 0.15)).tolist()
+    dxs, dys = (j[2] * shift_sd * size).tolist(), (j[3] * shift_sd * size).tolist()
+    x = float(pad)
+    for i, (ch, (bmp, left, top, advance)) in enumerate(zip(text, glyphs, strict=True)):
+        if ch == " ":
+            x += advance * word_space
+            continue
+        dy = wobble[0] * math.sin(2 * math.pi * x / wobble[1] + wobble[2])
+        gx, gy = x + left + dxs[i], baseline + top + dy + dys[i]
+        paste_glyph(canvas, bmp, gx, gy, angles[i], scales[i])
+        x = min(x + advance + tracking, width - pad)
+    return canvas
+
+
+def _slant_and_tilt(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shear (handwriting slant) and rotate the whole line in one warp sized to fit the result."""
+    shear = min(max(rng.normal(0.05, 0.15), -0.35), 0.45)
+    tilt = math.radians(min(max(rng.normal(0, 1.0), -3), 3))
+    h, w = alpha.shape
+    c, s = math.cos(tilt), math.sin(tilt)
+    m = np.array([[c, s], [-s, c]]) @ np.array([[1.0, -shear], [0.0, 1.0]])
+    corners = m @ np.array([[0, w, 0, w], [0, 0, h, h]], dtype=np.float64)
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    affine = np.hstack([m, -lo[:, None]])
+    size = (math.ceil(hi[0] - lo[0]) + 1, math.ceil(hi[1] - lo[1]) + 1)
+    return cv2.warpAffine(alpha, affine, size, flags=cv2.INTER_LINEAR)
+
+
+def _crop(alpha: np.ndarray, rng: np.random.Generator, min_height: float) -> np.ndarray:
+    """Tight crop to the ink plus a small random margin (zero-padded beyond the canvas)."""
+    x, y, w, h = cv2.boundingRect((alpha > 24).view(np.uint8))
+    if w == 0 or h == 0:
+        return alpha[:1, :1]
+    if h < min_height:  # a short lowercase or '-'-only line must not be blown up to full height
+        y, h = int(y + h / 2 - min_height / 2), int(min_height)
+    t, b = (int(rng.uniform(0.03, 0.15) * h) for _ in range(2))
+    left, right = (int(rng.uniform(0.02, 0.25) * h) for _ in range(2))
+    y0, y1, x0, x1 = y - t, y + h + b, x - left, x + w + right
+    crop = alpha[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)]
+    borders = (max(-y0, 0), max(y1 - alpha.shape[0], 0), max(-x0, 0), max(x1 - alpha.shape[1], 0))
+    return cv2.copyMakeBorder(crop, *borders, cv2.BORDER_CONSTANT, value=0)
+
+
+def _to_height(alpha: np.ndarray, height: int) -> np.ndarray:
+    h, w = alpha.shape
+    width = max(1, round(w * height / h))
+    interp = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
+    return cv2.resize(alpha, (width, height), interpolation=interp)
+
+
+def _paper_and_ink(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Grey paper (tone, gradient, texture), ink colour and opacity, then blur and noise."""
+    h, w = alpha.shape
+    tone = rng.uniform(175, 252)
+    paper = np.full((h, w), tone, np.float32)
+    if rng.random() < 0.6:
+        angle, amp = rng.uniform(0, 2 * np.pi), rng.uniform(5, 35)
+        gx = np.linspace(-0.5, 0.5, w, dtype=np.float32) * (amp * math.cos(angle))
+        gy = np.linspace(-0.5, 0.5, h, dtype=np.float32) * (amp * math.sin(angle) * h / max(w, 1))
+        paper += gx[None, :] + gy[:, None]
+    if rng.random() < 0.7:
+        coarse = rng.standard_normal((max(2, h // 8), max(2, w // 8)), dtype=np.float32)
+        paper += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(2, 8)
+    a = alpha.astype(np.float32) * (rng.uniform(0.7, 1.0) / 255.0)
+    if rng.random() < 0.4:  # uneven ink flow along the stroke
+        flow = rng.uniform(0.6, 1.0, (max(2, h // 16), max(2, w // 16))).astype(np.float32)
+        a *= cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+    ink = np.float32(rng.uniform(0, min(110, tone - 100)))  # >= 70 grey levels of contrast
+    img: np.ndarray = paper + (ink - paper) * a
+    if rng.random() < 0.5:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.1))
+    img += rng.standard_normal((h, w), dtype=np.float32) * rng.uniform(0, 8)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def finish_line(
+    alpha: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    height: int = 64,
+) -> np.ndarray:
+    """Slant, stroke width, crop, height normalisation, paper and ink: ink coverage -> image."""
+    x, y, w, h = cv2.boundingRect((alpha > 0).view(np.uint8))
+    m = size // 2  # keep room for the stroke filter but skip the empty canvas in the warp
+    alpha = alpha[max(y - m, 0) : y + h + m, max(x - m, 0) : x + w + m]
+    alpha = _slant_and_tilt(alpha, rng)
+    stroke = rng.choice(4, p=[0.15, 0.45, 0.25, 0.15])
+    if stroke == 0 and size >= 48:
+        alpha = cv2.erode(alpha, np.ones((2, 2), np.uint8))
+    elif stroke >= 2:
+        alpha = cv2.dilate(alpha, np.ones((stroke, stroke), np.uint8))
+    alpha = _crop(alpha, rng, min_height=0.5 * size)
+    return _paper_and_ink(_to_height(alpha, height), rng)
+
+
+def render_line(
+    text: str,
+    font_path: str | Path,
+    rng: np.random.Generator,
+    height: int = 64,
+) -> np.ndarray:
+    """Grayscale (H=height) image of `text` in the font; ValueError if it lacks a glyph."""
+    missing = missing_chars(font_path, text)
+    if missing:
+        raise ValueError(f"font {Path(font_path).name} cannot draw {missing!r}")
+    # Font sizes fall in 4-px buckets so the font and glyph caches stay small.
+    size = max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
+    return finish_line(layout_font_line(text, str(font_path), size, rng), size, rng, height)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a worker needs to render sample i (picklable, no open handles)."""
+
+    out_dir: str
+    seed: int
+    height: int
+    fonts: dict[str, str]
+    split_fonts: dict[str, tuple[str, ...]]
+    kinds: dict[str, float]
+    val_fraction: float
+    test_fraction: float
+    digits_fraction: float
+    digits: int  # digits in the file name
+
+
+@dataclass
+class SynthReport:
+    """What synthesize() wrote: counts, fonts and kinds per split, speed, paths."""
+
+    out_dir: Path
+    manifest: Path
+    images_dir: Path
+    seed: int
+    counts: dict[str, int]
+    fonts: dict[str, list[str]]
+    kinds: dict[str, dict[str, int]]
+    seconds: float
+    lines_per_second: float
+    workers: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def split_of(index: int, seed: int, val_fraction: float, test_fraction: float) -> str:
+    """Split of sample `index`: a golden-ratio sequence keeps every prefix near the fractions."""
+    u = ((index + 1) * _GOLDEN + seed * 0.7548776662466927) % 1.0
+    if u < test_fraction:
+        return "test"
+    return "validation" if u < test_fraction + val_fraction else "train"
+
+
+def _font_sample(
+    plan: _Plan,
+    split: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, str, dict[str, str]]:
+    names = plan.split_fonts[split]
+    for _ in range(100):  # resample until the (font, text) pair is fully drawable
+        font = names[int(rng.integers(len(names)))]
+        kind, text = sample_kind_and_text(rng, plan.kinds)
+        if caps_only(plan.fonts[font]):  # its lowercase reads as capitals: label what is seen
+            text = text.upper()
+        if not missing_chars(plan.fonts[font], text):
+            img = render_line(text, plan.fonts[font], rng, plan.height)
+            return img, text, {"font": font, "kind": kind}
+    raise UserError(f"fonts {', '.join(names)} cannot draw the sampled texts; check font_report()")
+
+
+def render_sample(plan: _Plan, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Image and manifest record of sample `index`; depends only on (plan, index)."""
+    rng = np.random.default_rng([plan.seed, index])
+    split = split_of(index, plan.seed, plan.val_fraction, plan.test_fraction)
+    if rng.random() < plan.digits_fraction or not plan.split_fonts[split]:
+        from .synth_digits import render_digit_line
+
+        img, text, meta = render_digit_line(rng, split, plan.height)
+    else:
+        img, text, meta = _font_sample(plan, split, rng)
+    stem = f"{index:0{plan.digits}d}"
+    record = {"image": f"images/{stem}.png", "text": text, "split": split, "id": f"synth-{stem}"}
+    return img, {**record, "meta": meta}
+
+
+def _write_chunk(args: tuple[_Plan, int, int]) -> list[dict[str, Any]]:
+    plan, start, stop = args
+    records = []
+    for i in range(start, stop):
+        img, record = render_sample(plan, i)
+        ok, png = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        if not ok:
+            raise RuntimeError(f"PNG encoding failed for sample {i}")
+        Path(plan.out_dir, record["image"]).write_bytes(png.tobytes())
+        records.append(record)
+    return records
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def _slug(name: str) -> str:
+    return "-".join(name.lower().replace("_", " ").split())
+
+
+def choose_test_fonts(fonts: Iterable[str], test_fonts: Iterable[str] | None) -> tuple[str, ...]:
+    """The held-out test fonts: `test_fonts`, else the default pair (or last two installed)."""
+    names = sorted(fonts)
+    if test_fonts is not None:
+        by_slug = {_slug(n): n for n in names}
+        unknown = sorted(t for t in test_fonts if _slug(t) not in by_slug)
+        if unknown:
+            raise UserError(f"test font(s) {unknown} not installed; available: {', '.join(names)}")
+        chosen = tuple(sorted({by_slug[_slug(t)] for t in test_fonts}))
+    else:
+        chosen = tuple(t for t in DEFAULT_TEST_FONTS if t in names)
+        chosen += tuple(n for n in reversed(names) if n not in chosen)[: 2 - len(chosen)]
+        chosen = tuple(sorted(chosen))
+    if names and len(chosen) >= len(names):
+        raise UserError(f"test fonts {list(chosen)} leave no font for train/validation")
+    return chosen
+
+
+def synthesize(
+    out_dir: str | Path,
+    lines: int,
+    *,
+    seed: int = 0,
+    height: int = 64,
+    test_fonts: Iterable[str] | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    kinds: Mapping[str, float] | None = None,
+    digits_fraction: float = 0.1,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    fonts: Mapping[str, str | Path] | None = None,
+) -> SynthReport:
+    """Render `lines` synthetic lines to out_dir/images/*.png and out_dir/manifest.jsonl.
+
+    Sample i depends only on (seed, i), so any `workers` gives byte-identical files. Test lines
+    use held-out fonts (font-disjoint) and held-out sklearn digit images. `kinds` maps text kinds
+    (synth_text.KINDS) to weights; `fonts` overrides available_fonts() (name -> TTF path).
+    """
+    if lines < 1 or seed < 0 or height < 8 or workers < 1:
+        raise UserError("need lines >= 1, seed >= 0, height >= 8 and workers >= 1")
+    if min(val_fraction, test_fraction) < 0 or val_fraction + test_fraction > 1:
+        raise UserError("val_fraction and test_fraction must be >= 0 and sum to <= 1")
+    if not 0 <= digits_fraction <= 1:
+        raise UserError("digits_fraction must be within [0, 1]")
+    font_paths = {k: str(v) for k, v in (available_fonts() if fonts is None else fonts).items()}
+    notes = []
+    if not font_paths and digits_fraction < 1:
+        notes.append("no handwriting font installed: every line uses real digits")
+        digits_fraction = 1.0
+    if digits_fraction > 0:
+        from .synth_digits import digit_partition
+
+        digit_partition()  # fail early, with the install hint, when scikit-learn is missing
+    held = choose_test_fonts(font_paths, test_fonts) if test_fraction > 0 else ()
+    rest = tuple(sorted(set(font_paths) - set(held)))
+    kind_table(kinds)  # validate here, not in every worker
+    plan = _Plan(
+        out_dir=str(out_dir),
+        seed=seed,
+        height=height,
+        fonts=font_paths,
+        split_fonts={"train": rest, "validation": rest, "test": held},
+        kinds=dict(DEFAULT_KIND_WEIGHTS if kinds is None else kinds),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        digits_fraction=digits_fraction,
+        digits=max(6, len(str(lines - 1))),
+    )
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    chunk = max(1, min(256, lines // (workers * 8) or 1))
+    tasks = [(plan, a, min(a + chunk, lines)) for a in range(0, lines, chunk)]
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    if workers == 1:
+        results: Iterable[list[dict[str, Any]]] = map(_write_chunk, tasks)
+        records = _collect(results, lines, progress)
+    else:
+        # spawn: fork is unsafe once torch or threads exist; an executor (unlike Pool) raises
+        # BrokenProcessPool instead of hanging when a worker dies.
+        ctx = multiprocessing.get_context("spawn")
+        n = min(workers, len(tasks))
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init) as pool:
+            records = _collect(pool.map(_write_chunk, tasks), lines, progress)
+    seconds = time.perf_counter() - start
+    manifest = out / "manifest.jsonl"
+    with manifest.open("w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    counts = Counter(r["split"] for r in records)
+    fonts_used: dict[str, set[str]] = {s: set() for s in SPLITS}
+    kinds_used: dict[str, Counter[str]] = {s: Counter() for s in SPLITS}
+    for r in records:
+        fonts_used[r["split"]].add(r["meta"]["font"])
+        kinds_used[r["split"]][r["meta"]["kind"]] += 1
+    return SynthReport(
+        out_dir=out,
+        manifest=manifest,
+        images_dir=out / "images",
+        seed=seed,
+        counts={s: counts.get(s, 0) for s in SPLITS},
+        fonts={s: sorted(v) for s, v in fonts_used.items()},
+        kinds={s: dict(sorted(v.items())) for s, v in kinds_used.items()},
+        seconds=seconds,
+        lines_per_second=lines / seconds if seconds > 0 else float("inf"),
+        workers=workers,
+        notes=notes,
+    )
+
+
+def _collect(
+    results: Iterable[list[dict[str, Any]]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for chunk in results:
+        records.extend(chunk)
+        if progress is not None:
+            progress(len(records), total)
+    return records
