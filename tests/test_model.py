@@ -44,13 +44,20 @@ def test_presets_build_standard_checkpoints(tmp_path: Path) -> None:
     special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
     for name in PRESETS:
         model = build_preset_model(name, 50, 32, 256 if name != "base" else 512, 64, special)
-        assert model.config.encoder.model_type == "vit" and model.config.decoder.model_type == "trocr"
+        encoder = "dpt" if name == "hybrid" else "vit"
+        assert model.config.encoder.model_type == encoder and model.config.decoder.model_type == "trocr"
     with pytest.raises(UserError, match="not a multiple"):
         build_preset_model("tiny", 50, 30, 256, 64, special)
-    model = build_preset_model("tiny", 50, 32, 256, 64, special)
-    model.save_pretrained(tmp_path)
-    again = VisionEncoderDecoderModel.from_pretrained(tmp_path)  # no trocr-tune code needed
-    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in model.parameters())
+    for name in ("tiny", "hybrid"):
+        model = build_preset_model(name, 50, 24, 384, 64, special).eval()
+        model.save_pretrained(tmp_path / name)
+        again = VisionEncoderDecoderModel.from_pretrained(tmp_path / name).eval()  # no trocr-tune code
+        assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in model.parameters())
+        pixels = torch.randn(2, 3, 24, 384)
+        with torch.inference_mode():
+            a = model.generate(pixel_values=pixels, max_new_tokens=5, do_sample=False)
+            b = again.generate(pixel_values=pixels, max_new_tokens=5, do_sample=False)
+        assert torch.equal(a, b)
 
 
 def test_line_geometry_is_a_stock_processor(tmp_path: Path) -> None:

@@ -168,6 +168,11 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # torch.compile the training model: null, default, reduce-overhead or max-autotune.
     compile: str | None = None
+    # Weight of the auxiliary CTC loss on the encoder output (0 = off); see model/ctc.py.
+    ctc_weight: float = 0.0
+    # Wall-clock budget: train until it is spent, with warmup + cosine over *time* (the
+    # learning rate reaches 0 when the budget ends); train.max_steps still caps the steps.
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         from .data.augment import POLICIES
@@ -189,6 +194,10 @@ class TrainConfig:
             raise UserError("train.warmup_ratio must be in [0, 1)")
         if self.num_workers < 0:
             raise UserError("train.num_workers must be >= 0")
+        if self.ctc_weight < 0:
+            raise UserError("train.ctc_weight must be >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError("train.max_minutes must be > 0 (or null)")
         for tracker in self.report_to:
             _one_of("train.report_to", tracker, ("none", "tensorboard", "wandb"))
 

@@ -10,7 +10,6 @@ predictions.csv and model/.
 from __future__ import annotations
 
 import json
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from .callbacks import GracefulInterrupt, ProgressLine, TimeBudget
 from .config import Config, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
@@ -36,6 +36,7 @@ from .data.reader import ReadResult, read_dataset
 from .errors import UserError
 from .evaluate import evaluate_bundle, metric_normalizer, write_report
 from .metrics import compute_metrics
+from .model.ctc import ctc_loss, encoder_grid
 from .model.loading import ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage
 from .runtime import resolve_precision
@@ -61,6 +62,53 @@ class LineTrainer(Seq2SeqTrainer):
     """
 
     bucket_lengths: list[int] | None = None
+    ctc_weight: float = 0.0
+    time_budget: TimeBudget | None = None
+    _ctc_values: list[float]
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """Cross-entropy of the decoder (+ label smoothing) plus `ctc_weight` x the encoder CTC loss."""
+        if not self.ctc_weight:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        outputs = model(pixel_values=inputs["pixel_values"], labels=labels)
+        loss = outputs.loss
+        if self.args.label_smoothing_factor:
+            logits = outputs.logits
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                labels.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=self.args.label_smoothing_factor,
+            )
+        tokenizer = self.processing_class.tokenizer  # type: ignore[union-attr]
+        ctc = ctc_loss(
+            self.accelerator.unwrap_model(model),
+            outputs.encoder_last_hidden_state,
+            labels,
+            tokenizer.pad_token_id,
+            tokenizer.eos_token_id,
+        )
+        self._ctc_values = [*getattr(self, "_ctc_values", []), float(ctc.detach())]
+        loss = loss + self.ctc_weight * ctc
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        values = getattr(self, "_ctc_values", [])
+        if "loss" in logs and values:
+            logs["ctc_loss"] = sum(values) / len(values)
+            self._ctc_values = []
+        super().log(logs, *args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.time_budget is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            target: Any = optimizer or self.optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(target, self.time_budget.lr_factor)
+        return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.bucket_lengths is None:
@@ -82,36 +130,6 @@ class LineTrainer(Seq2SeqTrainer):
         self._restore_weights(self.state.best_model_checkpoint)
 
 
-class GracefulInterrupt(TrainerCallback):
-    """On Ctrl-C: finish the current step, save a checkpoint, stop; `train.resume=true` continues."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        def handler(signum: int, frame: Any) -> None:
-            if self.requested:  # second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
-
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-        return control
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 def _training_args(
     cfg: Config, has_eval: bool, checkpoints: Path, learning_rate: float
 ) -> Seq2SeqTrainingArguments:
@@ -131,7 +149,8 @@ def _training_args(
         output_dir=str(checkpoints),
         seed=t.seed,
         data_seed=t.seed,
-        max_steps=t.max_steps or -1,
+        # A time budget ends training itself; the step cap only needs to be out of the way.
+        max_steps=t.max_steps or (10**7 if t.max_minutes else -1),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=cfg.eval.batch_size,
@@ -166,7 +185,7 @@ def _training_args(
         torch_compile=t.compile is not None,
         torch_compile_mode=t.compile,
         save_only_model=False,
-        disable_tqdm=False,
+        disable_tqdm=t.max_minutes is not None,  # ProgressLine reports time, not a step bar
     )
 
 
@@ -244,6 +263,13 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     eval_set = LineDataset(eval_samples, bundle.image_processor, bundle.tokenizer) if eval_samples else None
     interrupt = GracefulInterrupt()
     all_callbacks: list[TrainerCallback] = [interrupt, *(callbacks or [])]
+    budget = None
+    if cfg.train.max_minutes:
+        budget = TimeBudget(cfg.train.max_minutes, cfg.train.warmup_ratio, has_eval=eval_set is not None)
+        budget.resume_from(resume_from)
+        all_callbacks += [budget, ProgressLine(budget)]
+    if cfg.train.ctc_weight:
+        encoder_grid(bundle.model)  # fails early, in one line, for encoders without a token grid
     if cfg.train.early_stopping_patience and eval_set is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = LineTrainer(
@@ -258,6 +284,8 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     )
     if cfg.train.bucket_by_width:
         trainer.bucket_lengths = train_set.widths(bundle.info.image_height)
+    trainer.ctc_weight = cfg.train.ctc_weight
+    trainer.time_budget = budget
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -1,13 +1,16 @@
-"""From-scratch TrOCR architectures: a ViT encoder + TrOCR decoder, as standard Transformers configs.
+"""From-scratch TrOCR architectures: a ViT-family encoder + TrOCR decoder, as standard configs.
 
-Everything built here is a plain `VisionEncoderDecoderModel` whose encoder is a stock ViT, so
-`VisionEncoderDecoderModel.from_pretrained` loads it without trocr-tune or remote code.
+Everything built here is a plain `VisionEncoderDecoderModel` whose encoder is a stock Transformers
+model, so `VisionEncoderDecoderModel.from_pretrained` loads it without trocr-tune or remote code:
+ViT for the patch presets, and for `hybrid` the DPT-hybrid encoder (a BiT convolutional stem whose
+stride-8 feature map is the token grid of ViT layers, the "R50+ViT" hybrid of the ViT paper). On
+two CPU cores the convolutional stem learns to read several times faster than linear patches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 
@@ -25,15 +28,37 @@ class Preset:
     decoder_layers: int
     decoder_hidden: int
     decoder_heads: int
-    patch_height: int
+    # None: patches span the full image height, so the encoder reads a line as a sequence of
+    # vertical strips (one token per `patch_width` columns), like a CRNN's feature columns.
+    patch_height: int | None
     patch_width: int
     description: str
+    # Hybrid presets: BiT stem widths (stem, stage 1, stage 2, stage 3); the token grid has stride 8.
+    stem: tuple[int, int, int, int] | None = None
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(2, 64, 2, 2, 64, 2, 8, 8, "2+2 layers x 64: tests and smoke runs"),
-    "small": Preset(6, 192, 3, 3, 192, 3, 8, 8, "6+3 layers x 192: CPU demo scale"),
-    "base": Preset(12, 384, 6, 6, 384, 6, 16, 16, "12+6 layers x 384: GPU from-scratch training"),
+    "tiny": Preset(2, 64, 2, 2, 64, 2, 8, 8, "2+2 layers x 64, 8x8 patches: tests and smoke runs"),
+    "mini": Preset(
+        4, 128, 4, 2, 128, 4, None, 4, "4+2 layers x 128, full-height 4-px strips: fast CPU training"
+    ),
+    "hybrid": Preset(
+        2,
+        128,
+        4,
+        2,
+        128,
+        4,
+        8,
+        8,
+        "BiT conv stem (32-64-128-256, stride 8) + 2 ViT layers x 128, 2 decoder layers: "
+        "reads fastest from scratch on CPU",
+        stem=(32, 64, 128, 256),
+    ),
+    "small": Preset(6, 192, 3, 3, 192, 3, 8, 8, "6+3 layers x 192, 8x8 patches"),
+    "base": Preset(
+        12, 384, 6, 6, 384, 6, 16, 16, "12+6 layers x 384, 16x16 patches: GPU from-scratch training"
+    ),
 }
 
 
@@ -52,23 +77,27 @@ def build_preset_model(
     if name not in PRESETS:
         raise UserError(f"model.preset={name!r} is not one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
-    if image_height % p.patch_height or image_width % p.patch_width:
+    patch_height = p.patch_height or image_height
+    if image_height % patch_height or image_width % p.patch_width:
         raise UserError(
             f"model.image_height x model.image_width = {image_height}x{image_width} is not a multiple of the "
-            f"{name} preset's {p.patch_height}x{p.patch_width} patches"
+            f"{name} preset's {patch_height}x{p.patch_width} patches"
         )
-    encoder = ViTConfig(
-        hidden_size=p.encoder_hidden,
-        num_hidden_layers=p.encoder_layers,
-        num_attention_heads=p.encoder_heads,
-        intermediate_size=4 * p.encoder_hidden,
-        image_size=[image_height, image_width],
-        patch_size=[p.patch_height, p.patch_width],
-        num_channels=3,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=0.0,
-        qkv_bias=True,
-    )
+    if p.stem is not None:
+        encoder = _hybrid_encoder(p, image_height, image_width, dropout)
+    else:
+        encoder = ViTConfig(
+            hidden_size=p.encoder_hidden,
+            num_hidden_layers=p.encoder_layers,
+            num_attention_heads=p.encoder_heads,
+            intermediate_size=4 * p.encoder_hidden,
+            image_size=[image_height, image_width],
+            patch_size=[patch_height, p.patch_width],
+            num_channels=3,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=0.0,
+            qkv_bias=True,
+        )
     decoder = TrOCRConfig(
         vocab_size=vocab_size,
         d_model=p.decoder_hidden,
@@ -94,3 +123,36 @@ def build_preset_model(
     config.decoder_start_token_id = special_ids["start"]
     config.vocab_size = vocab_size
     return VisionEncoderDecoderModel(config=config)
+
+
+def _hybrid_encoder(p: Preset, image_height: int, image_width: int, dropout: float) -> Any:
+    """DPT-hybrid encoder config: BiT bottleneck stages (one block each) + ViT layers on its grid."""
+    from transformers import BitConfig, DPTConfig
+
+    assert p.stem is not None
+    stem, *widths = p.stem
+    backbone = BitConfig(
+        embedding_size=stem,
+        hidden_sizes=widths,
+        depths=[1] * len(widths),
+        layer_type="bottleneck",
+        global_padding="SAME",
+        output_stride=8,
+        num_groups=8,
+        out_features=[f"stage{i + 1}" for i in range(len(widths))],
+    )
+    return DPTConfig(
+        is_hybrid=True,
+        backbone_config=backbone,
+        backbone_featmap_shape=[1, widths[-1], image_height // 8, image_width // 8],
+        hidden_size=p.encoder_hidden,
+        num_hidden_layers=p.encoder_layers,
+        num_attention_heads=p.encoder_heads,
+        intermediate_size=4 * p.encoder_hidden,
+        image_size=[image_height, image_width],
+        patch_size=8,
+        num_channels=3,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=0.0,
+        qkv_bias=True,
+    )

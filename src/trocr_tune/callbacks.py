@@ -1,0 +1,128 @@
+"""Trainer callbacks: Ctrl-C checkpointing, a wall-clock budget with a time-based schedule, progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+BUDGET_FILE = "time_budget.json"
+
+
+class GracefulInterrupt(TrainerCallback):
+    """On Ctrl-C: finish the current step, save a checkpoint, stop; `train.resume=true` continues."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class TimeBudget(TrainerCallback):
+    """Train for `minutes` of wall-clock time; the learning rate follows warmup + cosine over time.
+
+    `lr_factor` is the multiplier of a LambdaLR scheduler: linear warmup over the first
+    `warmup` share of the budget, then cosine to zero when the budget is spent. The time already
+    spent is saved beside each checkpoint, so a resumed run continues the same schedule.
+    """
+
+    def __init__(self, minutes: float, warmup: float, has_eval: bool) -> None:
+        self.budget = minutes * 60.0
+        self.warmup = warmup
+        self.has_eval = has_eval
+        self.offset = 0.0
+        self.start: float | None = None
+
+    def resume_from(self, checkpoint: str | None) -> None:
+        path = Path(checkpoint or "") / BUDGET_FILE
+        if checkpoint and path.is_file():
+            self.offset = float(json.loads(path.read_text())["elapsed_seconds"])
+
+    def elapsed(self) -> float:
+        return self.offset + (time.perf_counter() - self.start if self.start is not None else 0.0)
+
+    def lr_factor(self, _step: int) -> float:
+        f = min(1.0, self.elapsed() / self.budget)
+        if f < self.warmup:
+            return max(f / self.warmup, 1e-3)
+        return 0.5 * (1.0 + math.cos(math.pi * (f - self.warmup) / max(1e-9, 1.0 - self.warmup)))
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.elapsed() >= self.budget:
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_evaluate = self.has_eval
+        return control
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / BUDGET_FILE).write_text(json.dumps({"elapsed_seconds": self.elapsed()}))
+
+
+class ProgressLine(TrainerCallback):
+    """One status line per logging step: step, loss, CTC loss, learning rate, elapsed, ETA."""
+
+    def __init__(self, budget: TimeBudget | None = None, stream: Any = None, stage: str = "train") -> None:
+        self.budget = budget
+        self.stream = stream or sys.stderr
+        self.stage = stage
+        self.start = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        logs = logs or {}
+        elapsed = time.perf_counter() - self.start
+        if self.budget is not None:
+            total = self.budget.budget - self.budget.offset
+        elif state.max_steps and state.global_step:
+            total = elapsed * state.max_steps / state.global_step
+        else:
+            total = elapsed
+        parts = [f"[{self.stage}] step {state.global_step}"]
+        for key, label in (
+            ("loss", "loss"),
+            ("ctc_loss", "ctc"),
+            ("eval_loss", "eval loss"),
+            ("eval_cer", "eval CER"),
+        ):
+            if key in logs:
+                parts.append(f"{label} {logs[key]:.4f}")
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.2e}")
+        parts.append(f"{elapsed / 60:.1f}/{total / 60:.1f} min, ETA {max(0.0, total - elapsed) / 60:.1f} min")
+        print(" | ".join(parts), file=self.stream, flush=True)

@@ -1,0 +1,129 @@
+"""Joint CTC-attention training and the wall-clock training budget (the demo's training knobs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from trocr_tune.callbacks import TimeBudget
+from trocr_tune.config import load_config
+from trocr_tune.errors import UserError
+from trocr_tune.model.ctc import column_features, ctc_greedy, ctc_loss, encoder_grid
+from trocr_tune.model.presets import build_preset_model
+
+SPECIAL = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
+
+
+@pytest.mark.parametrize(
+    ("preset", "height", "width", "grid"),
+    [("tiny", 32, 128, (1, 4, 16)), ("mini", 32, 128, (1, 1, 32)), ("hybrid", 24, 384, (1, 3, 48))],
+)
+def test_encoder_grid_and_ctc_loss(preset: str, height: int, width: int, grid: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    model = build_preset_model(preset, 20, height, width, 32, SPECIAL, dropout=0.0)
+    assert encoder_grid(model) == grid
+    pixels = torch.randn(2, 3, height, width)
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100]])
+    out = model(pixel_values=pixels, labels=labels)
+    columns = column_features(model, out.encoder_last_hidden_state)
+    assert columns.shape == (2, grid[2], model.config.decoder.d_model)
+    loss = ctc_loss(model, out.encoder_last_hidden_state, labels, pad_id=1, eos_id=2)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    # The CTC gradient reaches the encoder and the shared output projection, adding no parameters.
+    first_encoder_param = next(model.encoder.parameters())
+    assert first_encoder_param.grad is not None and first_encoder_param.grad.abs().sum() > 0
+    assert model.decoder.output_projection.weight.grad is not None
+    decoded = ctc_greedy(model, pixels, pad_id=1)
+    assert len(decoded) == 2 and all(1 not in ids for ids in decoded)
+
+
+def test_ctc_learns_an_alignment() -> None:
+    """A few steps of CTC alone on two fixed images lower the loss substantially."""
+    torch.manual_seed(0)
+    model = build_preset_model("hybrid", 20, 24, 384, 32, SPECIAL, dropout=0.0)
+    pixels = torch.randn(2, 3, 24, 384)
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        states = model.encoder(pixel_values=pixels).last_hidden_state
+        loss = ctc_loss(model, states, labels, pad_id=1, eos_id=2)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    assert ctc_greedy(model.eval(), pixels, pad_id=1) == [[5, 6, 7], [8, 9]]
+
+
+def test_ctc_rejects_encoders_without_a_token_grid() -> None:
+    model = build_preset_model("tiny", 20, 32, 128, 32, SPECIAL)
+    model.config.encoder.model_type = "convnext"
+    with pytest.raises(UserError, match="ctc_weight"):
+        encoder_grid(model)
+
+
+def test_time_budget_schedule_and_stop(tmp_path: Path) -> None:
+    budget = TimeBudget(minutes=1.0, warmup=0.1, has_eval=True)
+    budget.start = time.perf_counter()
+    assert budget.lr_factor(0) <= 0.01  # warming up from (almost) zero
+    budget.offset = 3.0  # 5% of the budget spent: half-way through warmup
+    assert budget.lr_factor(0) == pytest.approx(0.5, abs=0.01)
+    budget.offset = 6.0 + 27.0  # 55%: half-way through the cosine after warmup
+    assert budget.lr_factor(0) == pytest.approx(0.5, abs=0.01)
+    budget.offset = 60.0
+    assert budget.lr_factor(0) == pytest.approx(0.0, abs=1e-6)
+
+    class Control:
+        should_training_stop = should_save = should_evaluate = False
+
+    control = budget.on_step_end(None, None, Control())
+    assert control.should_training_stop and control.should_save and control.should_evaluate
+    # The spent time travels with the checkpoint, so a resumed run continues the same schedule.
+    (tmp_path / "checkpoint-7").mkdir()
+
+    class Args:
+        output_dir = str(tmp_path)
+
+    class State:
+        global_step = 7
+
+    budget.on_save(Args(), State(), control)
+    again = TimeBudget(minutes=1.0, warmup=0.1, has_eval=True)
+    again.resume_from(str(tmp_path / "checkpoint-7"))
+    assert again.offset >= 60.0
+
+
+def test_train_within_a_time_budget_with_ctc(words: Path, tmp_path: Path) -> None:
+    from trocr_tune.train import train
+
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY_MODEL,
+            "train.max_minutes=0.15",
+            "train.ctc_weight=1.0",
+            "train.eval_steps=100000",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    start = time.perf_counter()
+    result = train(cfg)
+    seconds = time.perf_counter() - start
+    metrics = result.metrics
+    assert metrics["train"]["optimizer_steps"] >= 3 and not metrics["train"]["interrupted"]
+    assert seconds < 9 + 60  # the budget (9 s) plus start-up, final evaluation and saving
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "cer" in history.get("eval", history)  # the final evaluation ran on the validation split
+    state = json.loads(next((tmp_path / "run").glob("checkpoints/checkpoint-*/trainer_state.json")).read_text())
+    ctc_logged = [row["ctc_loss"] for row in state["log_history"] if "ctc_loss" in row]
+    assert ctc_logged and all(v > 0 for v in ctc_logged)
+    assert list((tmp_path / "run").glob("checkpoints/checkpoint-*/time_budget.json"))
