@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -133,6 +134,23 @@ def _serialized_size(runner: Any, spec: VariantSpec, model_path: str) -> int:
     return artifact_size(Path(model_path))  # weights unchanged (compile, autocast)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    Linux: VmHWM of /proc/self/status, which belongs to the process image and starts afresh at
+    exec. `ru_maxrss` does not: a spawned worker inherits the parent's high-water mark through
+    fork + exec, so every variant would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux/BSD kibibytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
     """Run one variant (in its own process): warm-up, timed full passes, batch-1 latency."""
     settings = Settings(**job["settings"])
@@ -149,9 +167,13 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
     pixels = torch.load(job["pixels"])
     kwargs = generation_kwargs(bundle, EvalConfig(**job["eval"]), job["budget"])
     batches = list(torch.split(pixels, settings.batch_size))
+    # Warm up on every distinct batch shape the timed runs will see (a smaller last batch would
+    # otherwise make a compiled variant recompile inside the first timed run).
+    shapes = [batches[0], *(b for b in batches[-1:] if b.shape != batches[0].shape)]
     start = time.perf_counter()
     for _ in range(settings.warmup):
-        runner.generate_batch(batches[0], kwargs)
+        for batch in shapes:
+            runner.generate_batch(batch, kwargs)
     warmup = time.perf_counter() - start
     times, predictions = [], []
     for _ in range(settings.runs):
@@ -172,7 +194,7 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": latency,
         "warmup_seconds": warmup,
         "size_bytes": _serialized_size(runner, spec, job["model"]),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         # The training that produced the weights this variant runs (fp32's when it reuses them).
         "train_seconds_per_epoch": bundle.info.extra.get(
             "finetune_seconds_per_epoch", bundle.info.extra.get("train_seconds_per_epoch")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,10 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
     out_dir.mkdir(parents=True, exist_ok=True)
     enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
     log = io.StringIO()
+    # The exporter warns once per missing torchvision operator; torchvision is deliberately absent.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
     with contextlib.redirect_stdout(log), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
         torch.onnx.export(
@@ -174,6 +179,7 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
                 (*({0: batch, 2: past_len} for _ in past), *({0: batch, 2: enc_len} for _ in cross)),
             ),
         )
+    registration.setLevel(level)
     return enc_path, dec_path
 
 
