@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
 
 from trocr_tune.callbacks import TimeBudget
 from trocr_tune.config import load_config
 from trocr_tune.errors import UserError
 from trocr_tune.model.ctc import column_features, ctc_greedy, ctc_loss, encoder_grid
 from trocr_tune.model.presets import build_preset_model
+
+from conftest import TINY_MODEL
 
 SPECIAL = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
 
@@ -111,6 +112,7 @@ def test_train_within_a_time_budget_with_ctc(words: Path, tmp_path: Path) -> Non
             *TINY_MODEL,
             "train.max_minutes=0.15",
             "train.ctc_weight=1.0",
+            "train.ctc_warmup=0.3",
             "train.eval_steps=100000",
             f"train.output_dir={tmp_path / 'run'}",
         ],
@@ -123,7 +125,14 @@ def test_train_within_a_time_budget_with_ctc(words: Path, tmp_path: Path) -> Non
     assert seconds < 9 + 60  # the budget (9 s) plus start-up, final evaluation and saving
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "cer" in history.get("eval", history)  # the final evaluation ran on the validation split
-    state = json.loads(next((tmp_path / "run").glob("checkpoints/checkpoint-*/trainer_state.json")).read_text())
+    state = json.loads(
+        next((tmp_path / "run").glob("checkpoints/checkpoint-*/trainer_state.json")).read_text()
+    )
     ctc_logged = [row["ctc_loss"] for row in state["log_history"] if "ctc_loss" in row]
     assert ctc_logged and all(v > 0 for v in ctc_logged)
     assert list((tmp_path / "run").glob("checkpoints/checkpoint-*/time_budget.json"))
+
+
+def test_ctc_warmup_needs_ctc_weight(words: Path) -> None:
+    with pytest.raises(UserError, match="ctc_warmup"):
+        load_config(None, ["data.layout=manifest", f"data.root={words}", "train.ctc_warmup=0.2"])

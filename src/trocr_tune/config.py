@@ -170,6 +170,9 @@ class TrainConfig:
     compile: str | None = None
     # Weight of the auxiliary CTC loss on the encoder output (0 = off); see model/ctc.py.
     ctc_weight: float = 0.0
+    # Share of training (of the time budget, else of the steps) that optimises the CTC loss alone:
+    # the encoder learns to read before the decoder can settle for a language-model prior.
+    ctc_warmup: float = 0.0
     # Wall-clock budget: train until it is spent, with warmup + cosine over *time* (the
     # learning rate reaches 0 when the budget ends); train.max_steps still caps the steps.
     max_minutes: float | None = None
@@ -196,6 +199,8 @@ class TrainConfig:
             raise UserError("train.num_workers must be >= 0")
         if self.ctc_weight < 0:
             raise UserError("train.ctc_weight must be >= 0")
+        if not 0 <= self.ctc_warmup < 1 or (self.ctc_warmup and not self.ctc_weight):
+            raise UserError("train.ctc_warmup must be in [0, 1) and needs train.ctc_weight > 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError("train.max_minutes must be > 0 (or null)")
         for tracker in self.report_to:

@@ -25,6 +25,7 @@ from transformers import (
     VisionEncoderDecoderModel,
     set_seed,
 )
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -63,6 +64,7 @@ class LineTrainer(Seq2SeqTrainer):
 
     bucket_lengths: list[int] | None = None
     ctc_weight: float = 0.0
+    ctc_warmup: float = 0.0
     time_budget: TimeBudget | None = None
     _ctc_values: list[float]
 
@@ -92,8 +94,16 @@ class LineTrainer(Seq2SeqTrainer):
             tokenizer.eos_token_id,
         )
         self._ctc_values = [*getattr(self, "_ctc_values", []), float(ctc.detach())]
+        if self.ctc_warmup and self._progress() < self.ctc_warmup:
+            loss = loss * 0.0  # CTC alone for now (keeps the graph, so every parameter gets a grad)
         loss = loss + self.ctc_weight * ctc
         return (loss, outputs) if return_outputs else loss
+
+    def _progress(self) -> float:
+        """Share of training done: of the time budget when there is one, else of the steps."""
+        if self.time_budget is not None:
+            return self.time_budget.elapsed() / self.time_budget.budget
+        return self.state.global_step / max(1, self.state.max_steps)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         values = getattr(self, "_ctc_values", [])
@@ -285,7 +295,10 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     if cfg.train.bucket_by_width:
         trainer.bucket_lengths = train_set.widths(bundle.info.image_height)
     trainer.ctc_weight = cfg.train.ctc_weight
+    trainer.ctc_warmup = cfg.train.ctc_warmup
     trainer.time_budget = budget
+    if budget is not None:  # ProgressLine replaces the raw log dicts of the default printer
+        trainer.remove_callback(PrinterCallback)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -71,14 +71,15 @@ def resample_position_embeddings(model: VisionEncoderDecoderModel, height: int, 
     encoder = model.encoder
     encoder_config: Any = model.config.encoder
     kind = encoder_config.model_type
-    if kind not in ("vit", "deit"):
-        raise UserError(
-            f"line geometry needs position-embedding resampling, which trocr-tune does for ViT/DeiT "
-            f"encoders, not {kind!r}; use model.geometry=processor"
-        )
     old = encoder_image_size(model)
     if old == (height, width):
         return False
+    if kind not in ("vit", "deit"):
+        raise UserError(
+            f"line geometry {height}x{width} needs position-embedding resampling of this {old} encoder, "
+            f"which trocr-tune does for ViT/DeiT encoders, not {kind!r}; use model.geometry=processor "
+            "or the encoder's own size"
+        )
     cfg: Any = copy.deepcopy(model.config.encoder)
     patch = cfg.patch_size if isinstance(cfg.patch_size, (list, tuple)) else (cfg.patch_size, cfg.patch_size)
     if height % patch[0] or width % patch[1]:
