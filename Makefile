@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# The embedded default, offline on the CPU (~15 min); DEMO_ARGS="--minutes 5 --out other" to change.
+DEMO_ARGS ?=
 demo: venv
-	@echo "demo not implemented yet: the environment in $(VENV) is ready (trocr-tune --help)"
+	$(BIN)/trocr-tune demo $(DEMO_ARGS)
 
 test: venv
 	$(BIN)/python -m pytest -q

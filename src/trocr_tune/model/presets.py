@@ -139,7 +139,7 @@ def _hybrid_encoder(p: Preset, image_height: int, image_width: int, dropout: flo
         global_padding="SAME",
         output_stride=8,
         num_groups=8,
-        out_features=[f"stage{i + 1}" for i in range(len(widths))],
+        out_features=[f"stage{i + 1}" for i in range(len(widths))],  # type: ignore[call-arg]
     )
     return DPTConfig(
         is_hybrid=True,

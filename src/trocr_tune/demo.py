@@ -1,0 +1,280 @@
+"""`trocr-tune demo` / `make demo`: the whole mission offline, on a laptop CPU, in minutes.
+
+Stages: synthesize handwriting lines (held-out fonts for test) -> train a compact TrOCR from
+scratch under a wall-clock budget -> evaluate on the held-out fonts -> prune-l1 with a short
+fine-tune -> benchmark the CPU variants -> report.md. Every stage records its completion in
+`demo-state.json`; after Ctrl-C the same command continues where the run stopped (training
+resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, load_config, save_config
+from .errors import UserError
+
+STATE_FILE = "demo-state.json"
+RECIPE = "demo.yaml"
+DEMO_KINDS = {"name": 3.0, "date": 1.0, "amount": 1.0}
+
+
+def recipe_text() -> str:
+    """The embedded default recipe (also shipped as configs/demo.yaml)."""
+    return resources.files("trocr_tune.resources").joinpath(RECIPE).read_text(encoding="utf-8")
+
+
+@dataclass
+class DemoSettings:
+    """Knobs of the demo that are not model/training settings (those live in the recipe)."""
+
+    minutes: float = 15.0
+    out: Path = Path("demo-run")
+    seed: int = 0
+    lines: int | None = None  # synthetic lines; default scales with the budget
+    workers: int | None = None
+    # What the synthesizer writes: names like the Kaggle form set, dates, amounts (text kind ->
+    # weight), plus a share of lines composed of real handwritten digits.
+    kinds: dict[str, float] = field(default_factory=lambda: dict(DEMO_KINDS))
+    digits_fraction: float = 0.1
+    val_fraction: float = 0.01
+    test_fraction: float = 0.05
+    # Rendered a little larger than the demo's 16 px input: glyphs keep their shape when resized.
+    synth_height: int = 24
+
+    def synth_lines(self) -> int:
+        return self.lines or int(min(40_000, max(2_000, 2_700 * self.minutes)))
+
+    def benchmark_lines(self) -> int:
+        return 300 if self.minutes >= 10 else max(24, int(30 * self.minutes))
+
+
+@dataclass
+class DemoState:
+    """Completed stages and their results, persisted after each stage."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    seconds: dict[str, float] = field(default_factory=dict)
+    train_minutes: float | None = None  # fixed when training first starts, kept on resume
+
+    @classmethod
+    def load(cls, folder: Path) -> DemoState:
+        path = folder / STATE_FILE
+        if not path.is_file():
+            return cls()
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return cls(
+            raw.get("settings", {}),
+            raw.get("done", {}),
+            raw.get("started", time.time()),
+            raw.get("seconds", {}),
+            raw.get("train_minutes"),
+        )
+
+    def save(self, folder: Path) -> None:
+        (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=2, default=str), encoding="utf-8")
+
+
+class Stages:
+    """Prints `[stage i/n] name` lines with elapsed time against the budget."""
+
+    NAMES = ("synthesize", "train", "evaluate", "prune-l1", "benchmark", "report")
+
+    def __init__(self, minutes: float, stream: Any = None) -> None:
+        self.minutes = minutes
+        self.start = time.perf_counter()
+        self.stream = stream or sys.stderr
+
+    def elapsed_minutes(self) -> float:
+        return (time.perf_counter() - self.start) / 60
+
+    def announce(self, name: str, detail: str = "") -> None:
+        i = self.NAMES.index(name) + 1
+        clock = f"({self.elapsed_minutes():.1f}/{self.minutes:g} min)"
+        print(
+            f"[stage {i}/{len(self.NAMES)}] {name} {detail}  {clock}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def demo_config(settings: DemoSettings, manifest: Path, overrides: list[str]) -> Config:
+    """The embedded recipe pointed at the synthetic data and the run folder."""
+    tree = yaml.safe_load(recipe_text())
+    path = settings.out / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    base = [
+        "data.layout=manifest",
+        f"data.root={manifest}",
+        f"train.output_dir={settings.out / 'run'}",
+        f"train.seed={settings.seed}",
+        f"data.seed={settings.seed}",
+    ]
+    return load_config(path, [*base, *overrides])
+
+
+def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Run (or continue) every stage; returns the final summary (also in report.md)."""
+    from .benchmark import Settings as BenchSettings
+    from .benchmark import benchmark, markdown
+    from .data.reader import read_dataset
+    from .data.synth import synthesize
+    from .evaluate import evaluate_bundle, write_report
+    from .model.loading import load_bundle
+    from .optimize.run import optimize_model
+    from .report import write_demo_report
+    from .runtime import cpu_has_native_bf16
+    from .train import train
+
+    out = settings.out
+    out.mkdir(parents=True, exist_ok=True)
+    state = DemoState.load(out)
+    wanted = {"minutes": settings.minutes, "seed": settings.seed, "lines": settings.synth_lines()}
+    if state.settings and state.settings != wanted:
+        raise UserError(f"{out} holds a demo run with other settings {state.settings}; use another --out")
+    state.settings = wanted
+    stages = Stages(settings.minutes)
+    overrides = overrides or []
+
+    def finish(name: str, result: dict[str, Any], started: float) -> None:
+        state.done[name] = result
+        state.seconds[name] = state.seconds.get(name, 0.0) + time.perf_counter() - started
+        state.save(out)
+
+    data_dir = out / "data"
+    manifest = data_dir / "manifest.jsonl"
+    cfg = demo_config(settings, manifest, overrides)
+    save_config(cfg, out / "config.yaml")
+    if "synthesize" not in state.done:
+        stages.announce("synthesize", f"{settings.synth_lines()} lines")
+        t = time.perf_counter()
+        synth = synthesize(
+            data_dir,
+            settings.synth_lines(),
+            seed=settings.seed,
+            height=max(settings.synth_height, cfg.model.image_height),
+            kinds=settings.kinds,
+            digits_fraction=settings.digits_fraction,
+            val_fraction=settings.val_fraction,
+            test_fraction=settings.test_fraction,
+            workers=settings.workers or _cores(),
+        )
+        finish(
+            "synthesize",
+            {"counts": synth.counts, "fonts": synth.fonts, "lines_per_second": synth.lines_per_second},
+            t,
+        )
+    if "train" not in state.done:
+        reserve = _post_training_minutes(settings.minutes)
+        used = stages.elapsed_minutes() + state.seconds.get("train", 0.0) / 60
+        if state.train_minutes is None:
+            state.train_minutes = max(0.2, settings.minutes - used - reserve)
+            state.save(out)
+        budget = state.train_minutes
+        resume = (Path(cfg.train.output_dir) / "checkpoints").is_dir()
+        stages.announce("train", f"budget {budget:.1f} min{' (resuming)' if resume else ''}")
+        t = time.perf_counter()
+        train_cfg = replace(cfg, train=replace(cfg.train, max_minutes=budget, resume=resume))
+        result = train(train_cfg)
+        if result.metrics["train"]["interrupted"]:
+            state.seconds["train"] = state.seconds.get("train", 0.0) + time.perf_counter() - t
+            state.save(out)
+            raise UserError(f"interrupted: a checkpoint was saved; run the same command to continue ({out})")
+        finish("train", {"metrics": result.metrics["train"], "model": str(result.model_dir)}, t)
+    model_dir = Path(state.done["train"]["model"])
+
+    test_cfg = replace(cfg, data=replace(cfg.data, split="test"))
+    if "evaluate" not in state.done:
+        stages.announce("evaluate", "held-out fonts (test split)")
+        t = time.perf_counter()
+        samples = read_dataset(test_cfg.data).split("test")
+        evaluation = evaluate_bundle(load_bundle(model_dir), samples, cfg.eval)
+        write_report(evaluation, out / "test", test_cfg)
+        finish("evaluate", {"metrics": evaluation.summary(), "lines": len(samples)}, t)
+
+    variants_dir = out / "variants"
+    if "prune-l1" not in state.done:
+        stages.announce("prune-l1", "30% L1 pruning + short fine-tune")
+        t = time.perf_counter()
+        ft_minutes = max(0.1, 0.04 * settings.minutes)
+        finetune = replace(
+            cfg,
+            train=replace(
+                cfg.train,
+                max_minutes=ft_minutes,
+                resume=False,
+                eval_steps=10**6,
+                ctc_warmup=0.0,  # the decoder already reads: fine-tune both losses from the start
+            ),
+        )
+        pruned = optimize_model(str(model_dir), "prune-l1", variants_dir / "prune-l1", cfg, finetune)
+        finish(
+            "prune-l1",
+            {
+                "sparsity": pruned["sparsity"]["overall"],
+                "seconds_per_epoch": pruned["finetune"]["train"]["seconds_per_epoch"],
+            },
+            t,
+        )
+
+    if "benchmark" not in state.done:
+        variants = ["int8-dynamic"]
+        if cpu_has_native_bf16():
+            variants.append("bf16")
+        if settings.minutes >= 5:  # compilation alone takes about a minute on two cores
+            variants.append("compile-default")
+        if _has_onnxruntime():
+            variants += ["onnx", "onnx-int8"]
+        variants.append(f"prune-l1={variants_dir / 'prune-l1'}")
+        stages.announce("benchmark", ", ".join(["fp32", *(v.split("=")[0] for v in variants)]))
+        t = time.perf_counter()
+        bench_cfg = replace(test_cfg, data=replace(test_cfg.data, limit=settings.benchmark_lines()))
+        runs = 3 if settings.minutes >= 5 else 1
+        table = benchmark(
+            str(model_dir),
+            bench_cfg,
+            variants,
+            out / "benchmark",
+            BenchSettings(
+                batch_size=32, runs=runs, warmup=1, latency_lines=16 if settings.minutes >= 5 else 4
+            ),
+        )
+        skipped = {
+            name: "not run in this budget" for name in ("compile-default",) if name not in " ".join(variants)
+        }
+        finish("benchmark", {"table": markdown(table), "skipped": {**table.skipped, **skipped}}, t)
+
+    stages.announce("report")
+    t = time.perf_counter()
+    summary = write_demo_report(out, state, cfg)
+    finish("report", {"path": str(out / "report.md")}, t)
+    return summary
+
+
+def _post_training_minutes(minutes: float) -> float:
+    """Time kept for evaluation, pruning, benchmark and report (measured on two cores)."""
+    return 0.9 if minutes < 3 else min(5.0, 1.0 + 0.25 * minutes)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
