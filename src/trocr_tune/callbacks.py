@@ -93,27 +93,18 @@ class TimeBudget(TrainerCallback):
 class ProgressLine(TrainerCallback):
     """One status line per logging step: step, loss, CTC loss, learning rate, elapsed, ETA."""
 
-    def __init__(self, budget: TimeBudget | None = None, stream: Any = None, stage: str = "train") -> None:
+    def __init__(self, budget: TimeBudget, stream: Any = None) -> None:
         self.budget = budget
         self.stream = stream or sys.stderr
-        self.stage = stage
-        self.start = time.perf_counter()
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.start = time.perf_counter()
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         logs = logs or {}
-        elapsed = time.perf_counter() - self.start
-        if self.budget is not None:
-            total = self.budget.budget - self.budget.offset
-        elif state.max_steps and state.global_step:
-            total = elapsed * state.max_steps / state.global_step
-        else:
-            total = elapsed
-        parts = [f"[{self.stage}] step {state.global_step}"]
+        # This session's share of the budget (a resumed run shows what is left of it).
+        elapsed = self.budget.elapsed() - self.budget.offset
+        total = self.budget.budget - self.budget.offset
+        parts = [f"[train] step {state.global_step}"]
         for key, label in (
             ("loss", "loss"),
             ("ctc_loss", "ctc"),

@@ -76,15 +76,8 @@ class LineTrainer(Seq2SeqTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         outputs = model(pixel_values=inputs["pixel_values"], labels=labels)
-        loss = outputs.loss
-        if self.args.label_smoothing_factor:
-            logits = outputs.logits
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                labels.reshape(-1),
-                ignore_index=-100,
-                label_smoothing=self.args.label_smoothing_factor,
-            )
+        # The Trainer's own smoother (set from train.label_smoothing), as on the path without CTC.
+        loss = outputs.loss if self.label_smoother is None else self.label_smoother(outputs, labels)
         tokenizer = self.processing_class.tokenizer  # type: ignore[union-attr]
         ctc = ctc_loss(
             self.accelerator.unwrap_model(model),

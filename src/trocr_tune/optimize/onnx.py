@@ -152,34 +152,36 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(log), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
-        torch.onnx.export(
-            encoder,
-            (pixels,),
-            str(enc_path),
-            dynamo=True,
-            opset_version=opset,
-            external_data=False,
-            input_names=["pixel_values"],
-            output_names=names_cross,
-            dynamic_shapes={"pixel_values": {0: batch}},
-        )
-        torch.onnx.export(
-            step,
-            (ids, *past, *cross),
-            str(dec_path),
-            dynamo=True,
-            opset_version=opset,
-            external_data=False,
-            input_names=["input_ids", *names_past, *names_cross],
-            output_names=["logits", *[n.replace("past_", "present_") for n in names_past]],
-            dynamic_shapes=(
-                {0: batch},
-                (*({0: batch, 2: past_len} for _ in past), *({0: batch, 2: enc_len} for _ in cross)),
-            ),
-        )
-    registration.setLevel(level)
+    try:
+        with contextlib.redirect_stdout(log), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter (axis renames, deprecations)
+            torch.onnx.export(
+                encoder,
+                (pixels,),
+                str(enc_path),
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                input_names=["pixel_values"],
+                output_names=names_cross,
+                dynamic_shapes={"pixel_values": {0: batch}},
+            )
+            torch.onnx.export(
+                step,
+                (ids, *past, *cross),
+                str(dec_path),
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                input_names=["input_ids", *names_past, *names_cross],
+                output_names=["logits", *[n.replace("past_", "present_") for n in names_past]],
+                dynamic_shapes=(
+                    {0: batch},
+                    (*({0: batch, 2: past_len} for _ in past), *({0: batch, 2: enc_len} for _ in cross)),
+                ),
+            )
+    finally:
+        registration.setLevel(level)
     return enc_path, dec_path
 
 
