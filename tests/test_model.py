@@ -43,12 +43,16 @@ def test_char_tokenizer_labels_and_round_trip(tmp_path: Path) -> None:
 def test_presets_build_standard_checkpoints(tmp_path: Path) -> None:
     special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
     for name in PRESETS:
-        model = build_preset_model(name, 50, 32, 256 if name != "base" else 512, 64, special)
-        encoder = "dpt" if name == "hybrid" else "vit"
+        model = build_preset_model(name, 50, 32, 512, 64, special)
+        encoder = "dpt" if PRESETS[name].stem else "vit"
         assert model.config.encoder.model_type == encoder and model.config.decoder.model_type == "trocr"
     with pytest.raises(UserError, match="not a multiple"):
         build_preset_model("tiny", 50, 30, 256, 64, special)
-    for name in ("tiny", "hybrid"):
+    # DPT resamples its position embeddings from a square grid: 4 x 32 cells cannot be one.
+    with pytest.raises(UserError, match="square number"):
+        build_preset_model("conv", 50, 32, 256, 64, special)
+    assert build_preset_model("conv", 50, 16, 256, 64, special).config.encoder.num_hidden_layers == 0
+    for name in ("tiny", "hybrid", "conv"):
         model = build_preset_model(name, 50, 24, 384, 64, special).eval()
         model.save_pretrained(tmp_path / name)
         again = VisionEncoderDecoderModel.from_pretrained(tmp_path / name).eval()  # no trocr-tune code

@@ -2,9 +2,10 @@
 
 Everything built here is a plain `VisionEncoderDecoderModel` whose encoder is a stock Transformers
 model, so `VisionEncoderDecoderModel.from_pretrained` loads it without trocr-tune or remote code:
-ViT for the patch presets, and for `hybrid` the DPT-hybrid encoder (a BiT convolutional stem whose
-stride-8 feature map is the token grid of ViT layers, the "R50+ViT" hybrid of the ViT paper). On
-two CPU cores the convolutional stem learns to read several times faster than linear patches.
+ViT for the patch presets, and for `hybrid` and `conv` the DPT-hybrid encoder (a BiT convolutional
+stem whose stride-8 feature map is the token grid of ViT layers, the "R50+ViT" hybrid of the ViT
+paper; `conv` keeps no ViT layer, so its encoder is the convolutional network alone). On two CPU
+cores convolutions learn to read several times faster than linear patches.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Preset:
     description: str
     # Hybrid presets: BiT stem widths (stem, stage 1, stage 2, stage 3); the token grid has stride 8.
     stem: tuple[int, int, int, int] | None = None
+    # Pad the stem's max-pool "SAME" (a 16-px-high input keeps 4 rows after it, not 3).
+    same_pool: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,6 +57,20 @@ PRESETS: dict[str, Preset] = {
         "BiT conv stem (32-64-128-256, stride 8) + 2 ViT layers x 128, 2 decoder layers: "
         "reads fastest from scratch on CPU",
         stem=(32, 64, 128, 256),
+    ),
+    "conv": Preset(
+        0,
+        128,
+        4,
+        2,
+        128,
+        4,
+        8,
+        8,
+        "BiT convolutional encoder (64-128-256-256, stride 8, no ViT layers) + 2 decoder layers x 128: "
+        "learns to read fastest from scratch on two CPU cores (the demo's)",
+        stem=(64, 128, 256, 256),
+        same_pool=True,
     ),
     "small": Preset(6, 192, 3, 3, 192, 3, 8, 8, "6+3 layers x 192, 8x8 patches"),
     "base": Preset(
@@ -84,6 +101,14 @@ def build_preset_model(
             f"{name} preset's {patch_height}x{p.patch_width} patches"
         )
     if p.stem is not None:
+        cells = (image_height // 8) * (image_width // 8)
+        if round(cells**0.5) ** 2 != cells:
+            # DPT keeps its position embeddings as a square grid and resamples them to the feature map.
+            raise UserError(
+                f"the {name} preset needs a square number of 8x8 cells; "
+                f"{image_height}x{image_width} gives {image_height // 8}x{image_width // 8} = {cells} "
+                "(e.g. 16x256, 24x384 or 32x512)"
+            )
         encoder = _hybrid_encoder(p, image_height, image_width, dropout)
     else:
         encoder = ViTConfig(
@@ -137,6 +162,7 @@ def _hybrid_encoder(p: Preset, image_height: int, image_width: int, dropout: flo
         depths=[1] * len(widths),
         layer_type="bottleneck",
         global_padding="SAME",
+        embedding_dynamic_padding=p.same_pool,
         output_stride=8,
         num_groups=8,
         out_features=[f"stage{i + 1}" for i in range(len(widths))],  # type: ignore[call-arg]
