@@ -106,7 +106,8 @@ class ModelConfig:
 
     # Hub id (e.g. microsoft/trocr-base-handwritten) or local directory of a checkpoint.
     name_or_path: str | None = None
-    # From-scratch architecture (tiny/small/base) with a character tokenizer built from the data.
+    # From-scratch architecture (tiny, mini, hybrid, conv, small, base; see model/presets.py) with a
+    # character tokenizer built from the data.
     preset: str | None = None
     # processor: the checkpoint's own resize; line: aspect-preserving resize + pad to
     # image_height x image_width; reference: the first reference pipeline's 256x50 resize + pad.

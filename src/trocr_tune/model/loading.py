@@ -22,7 +22,7 @@ from .geometry import (
     stretch_image_processor,
     target_size,
 )
-from .presets import build_preset_model
+from .presets import PRESETS, build_preset_model
 from .tokenizer import build_char_tokenizer, encode_label
 
 INFO_FILE = "trocr_tune.json"
@@ -189,7 +189,9 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
             raise UserError(f"labels need {max_new} tokens but the decoder has only {positions} positions")
         source = cfg.name_or_path
     else:
-        raise UserError("set model.name_or_path (hub id or directory) or model.preset (tiny/small/base)")
+        raise UserError(
+            f"set model.name_or_path (hub id or directory) or model.preset ({', '.join(PRESETS)})"
+        )
     resolve_special_tokens(model, processor.tokenizer)
     set_generation_budget(model, max_new)
     info = ModelInfo(source, cfg.geometry, height, width, max_new)

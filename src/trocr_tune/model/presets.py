@@ -54,8 +54,7 @@ PRESETS: dict[str, Preset] = {
         4,
         8,
         8,
-        "BiT conv stem (32-64-128-256, stride 8) + 2 ViT layers x 128, 2 decoder layers: "
-        "reads fastest from scratch on CPU",
+        "BiT conv stem (32-64-128-256, stride 8) + 2 ViT layers x 128, 2 decoder layers",
         stem=(32, 64, 128, 256),
     ),
     "conv": Preset(
