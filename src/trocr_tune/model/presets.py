@@ -61,12 +61,12 @@ PRESETS: dict[str, Preset] = {
         0,
         128,
         4,
-        4,
+        2,
         128,
         4,
         8,
         8,
-        "BiT convolutional encoder (64-128-256-256, stride 8, no ViT layers) + 4 decoder layers x 128: "
+        "BiT convolutional encoder (64-128-256-256, stride 8, no ViT layers) + 2 decoder layers x 128: "
         "learns to read fastest from scratch on two CPU cores (the demo's)",
         stem=(64, 128, 256, 256),
         same_pool=True,
