@@ -106,11 +106,12 @@ class ModelConfig:
 
     # Hub id (e.g. microsoft/trocr-base-handwritten) or local directory of a checkpoint.
     name_or_path: str | None = None
-    # From-scratch architecture (tiny, mini, hybrid, conv, small, base; see model/presets.py) with a
-    # character tokenizer built from the data.
+    # From-scratch architecture (a name in model/presets.py's PRESETS) with a character tokenizer
+    # built from the data.
     preset: str | None = None
-    # processor: the checkpoint's own resize; line: aspect-preserving resize + pad to
-    # image_height x image_width; reference: the first reference pipeline's 256x50 resize + pad.
+    # processor: the checkpoint's own resize (for a preset: stretch to image_height x image_width);
+    # line: aspect-preserving resize + pad to image_height x image_width; reference: the first
+    # reference pipeline's 256x50 resize + pad.
     geometry: str = "line"
     image_height: int = 64
     image_width: int = 512
