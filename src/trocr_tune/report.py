@@ -96,7 +96,8 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "",
         "## Test (held-out fonts)",
         "",
-        f"{test.get('lines')} lines: **CER {m.get('cer', nan):.4f}**, WER {m.get('wer', nan):.4f}, "
+        f"{test.get('lines')} lines, beam search with {cfg.eval.num_beams} beam(s): "
+        f"**CER {m.get('cer', nan):.4f}**, WER {m.get('wer', nan):.4f}, "
         f"mean similarity {m.get('mean_similarity', nan):.4f}, exact match {m.get('exact_match', nan):.3f}, "
         f"{m.get('lines_per_second', 0):.0f} lines/s. Full per-line results: `test/predictions.csv`, "
         "worst lines: `test/worst.csv`, character confusions: `test/confusions.csv`.",
@@ -107,6 +108,9 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "",
         f"prune-l1: {prune.get('sparsity', 0):.1%} of the Linear weights zeroed, masks kept through a short "
         f"fine-tune ({prune.get('seconds_per_epoch', 0):.1f} s/epoch).",
+        "",
+        "The benchmark decodes every variant greedily (1 beam) on its share of the test lines, so "
+        "its CER can differ from the test CER above.",
         "",
         bench.get("table", "(benchmark not run)"),
         "![accuracy vs speed](benchmark/benchmark.png)",
