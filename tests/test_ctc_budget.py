@@ -143,3 +143,59 @@ def test_train_within_a_time_budget_with_ctc(words: Path, tmp_path: Path) -> Non
 def test_ctc_warmup_needs_ctc_weight(words: Path) -> None:
     with pytest.raises(UserError, match="ctc_warmup"):
         load_config(None, ["data.layout=manifest", f"data.root={words}", "train.ctc_warmup=0.2"])
+
+
+def test_ctc_log_likelihood_matches_the_training_loss() -> None:
+    from trocr_tune.model.ctc import ctc_log_likelihood
+
+    torch.manual_seed(0)
+    model = build_preset_model("conv", 20, 16, 256, 32, SPECIAL, dropout=0.0).eval()
+    with torch.inference_mode():
+        states = model.encoder(pixel_values=torch.randn(2, 3, 16, 256)).last_hidden_state
+        ll = ctc_log_likelihood(model, states, [[5, 6, 7], [8, 9]], pad_id=1)
+        for i, labels in enumerate(([[5, 6, 7, 2]], [[8, 9, 2, -100]])):
+            # the training loss is the per-character mean of the same negative log-likelihood
+            loss = ctc_loss(model, states[i : i + 1], torch.tensor(labels), pad_id=1, eos_id=2)
+            assert torch.allclose(-ll[i] / (3 - i), loss, atol=1e-4)
+    assert ll.shape == (2,) and bool((ll < 0).all())
+
+
+def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
+    """eval.ctc_rescore keeps all beams and returns the one with the best joint score."""
+    from trocr_tune.config import EvalConfig
+    from trocr_tune.data.dataset import LineDataset, collate
+    from trocr_tune.data.reader import read_dataset
+    from trocr_tune.model.ctc import ctc_log_likelihood
+    from trocr_tune.model.loading import load_bundle
+    from trocr_tune.optimize.runners import TorchRunner
+    from trocr_tune.predict import generation_kwargs
+
+    bundle = load_bundle(str(tiny_run / "model"))
+    model, tok = bundle.model.eval(), bundle.tokenizer
+    cfg = load_config(tiny_run / "config.yaml", [])
+    samples = read_dataset(cfg.data).split("train")[:6]
+    pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(6)])["pixel_values"]
+    runner = TorchRunner(model, tok, torch.device("cpu"))
+    plain = generation_kwargs(bundle, EvalConfig(num_beams=4))
+    assert "ctc_rescore" not in plain and "ctc_rescore" not in generation_kwargs(
+        bundle, EvalConfig(ctc_rescore=0.5)
+    )
+    with torch.inference_mode():
+        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain)
+        states = model.encoder(pixel_values=pixels).last_hidden_state
+    texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ll = ctc_log_likelihood(model, states.repeat_interleave(4, 0), rows, tok.pad_token_id).view(6, 4)
+    # Weight 1: the CTC reading decides among the 4 beams (never a text outside them).
+    chosen = runner.generate_batch(
+        pixels, generation_kwargs(bundle, EvalConfig(num_beams=4, ctc_rescore=1.0))
+    )
+    for i, pred in enumerate(chosen):
+        group = texts[4 * i : 4 * i + 4]
+        assert pred.text in group
+        assert ll[i, group.index(pred.text)] >= ll[i].max() - 1e-4
+    # Off (or greedy decoding): the ordinary beam-search result, one per image.
+    top = [p.text for p in runner.generate_batch(pixels, plain)]
+    assert top == texts[::4]
+    with pytest.raises(UserError, match="ctc_rescore"):
+        EvalConfig(ctc_rescore=1.5)

@@ -217,6 +217,10 @@ class EvalConfig:
     num_beams: int = 1
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # Joint CTC-attention rescoring: with num_beams > 1, keep all num_beams hypotheses and pick the
+    # one with the best (1 - w) * log p(decoder) + w * log p(CTC on the encoder columns). Only for
+    # models trained with train.ctc_weight > 0 (model/ctc.py); 0 = plain beam search.
+    ctc_rescore: float = 0.0
     # Applied identically to predictions and references of every system compared.
     metric_unicode_form: str = "NFC"
     metric_collapse_whitespace: bool = True
@@ -225,6 +229,8 @@ class EvalConfig:
         _one_of("eval.metric_unicode_form", self.metric_unicode_form, ("NFC", "NFKC", "none"))
         if self.batch_size < 1 or self.num_beams < 1 or self.no_repeat_ngram_size < 0:
             raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
+        if not 0.0 <= self.ctc_rescore <= 1.0:
+            raise UserError("eval.ctc_rescore must be within [0, 1]")
 
 
 @dataclass

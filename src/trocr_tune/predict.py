@@ -46,6 +46,8 @@ def generation_kwargs(
     if cfg.num_beams > 1:
         kwargs["length_penalty"] = cfg.length_penalty
         kwargs["early_stopping"] = True
+        if cfg.ctc_rescore > 0:  # read by the runner, not by generate (see optimize.runners)
+            kwargs["ctc_rescore"] = cfg.ctc_rescore
     if cfg.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
     return kwargs

@@ -76,6 +76,22 @@ def ctc_loss(
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=pad_id, zero_infinity=True)
 
 
+def ctc_log_likelihood(
+    model: Any, encoder_states: torch.Tensor, rows: list[list[int]], pad_id: int
+) -> torch.Tensor:
+    """log p_CTC(row | image) of each token row (no special tokens) given its image's encoder output.
+
+    `encoder_states` holds one image per row. Rows longer than the columns can align get -inf.
+    """
+    columns = column_features(model, encoder_states)
+    log_probs = F.log_softmax(model.decoder.output_projection(columns).float(), dim=-1).transpose(0, 1)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    targets = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+    frames = torch.full((len(rows),), log_probs.shape[0], dtype=torch.long)
+    nll = F.ctc_loss(log_probs.cpu(), targets, frames, lengths, blank=pad_id, reduction="none")
+    return -nll
+
+
 def ctc_greedy(model: Any, pixel_values: torch.Tensor, pad_id: int) -> list[list[int]]:
     """Best-path CTC decoding of the encoder alone (a diagnostic of what the encoder reads)."""
     with torch.inference_mode():
