@@ -237,7 +237,20 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
     for line, image in zip(lines, images, strict=True):
         path, _text, confidence = line.split("\t")
         assert path == image and float(confidence) <= 0
-    shard = run_cli("predict", model, str(words), "--shard", "1/2", "--out", str(tmp_path / "p.jsonl"))
+    # (also the joint CTC-attention decoding path: 3 beams rescored by the encoder's CTC)
+    shard = run_cli(
+        "predict",
+        model,
+        str(words),
+        "--shard",
+        "1/2",
+        "--out",
+        str(tmp_path / "p.jsonl"),
+        "--num-beams",
+        "3",
+        "--ctc-rescore",
+        "0.5",
+    )
     assert shard.returncode == 0, shard.stderr[-2000:]
     predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(predicted) == len(rows) - len(rows) // 2

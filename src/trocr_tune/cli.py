@@ -291,7 +291,8 @@ def evaluate_command(
     Reports corpus CER/WER, mean per-sample CER, mean similarity, exact match (each also
     case-insensitive), the worst 20 lines, a character confusion table, time and lines/s.
     Decoding: greedy, or beam search with eval.num_beams / eval.length_penalty /
-    eval.no_repeat_ngram_size. CONFIG_HELP
+    eval.no_repeat_ngram_size; eval.ctc_rescore=W (models trained with train.ctc_weight > 0)
+    picks among the beams by (1-W) decoder + W encoder-CTC log-likelihood. CONFIG_HELP
     """
     from .data.reader import read_dataset
     from .evaluate import evaluate_bundle, print_report, write_report
@@ -321,6 +322,14 @@ def evaluate_command(
 @click.option("--batch-size", default=16, show_default=True, help="Lines per generate call.")
 @click.option("--num-beams", default=1, show_default=True, help="Beam width (1 = greedy).")
 @click.option(
+    "--ctc-rescore",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="With --num-beams > 1: pick among the beams by (1-W) decoder + W encoder-CTC log-likelihood "
+    "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
+)
+@click.option(
     "--shard", default=None, help="i/n: transcribe only the i-th of n contiguous slices (parallel runs)."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
@@ -333,6 +342,7 @@ def predict_command(
     out: Path | None,
     batch_size: int,
     num_beams: int,
+    ctc_rescore: float,
     shard: str | None,
     device: str,
     workers: int,
@@ -350,7 +360,7 @@ def predict_command(
 
     images = take_shard(collect_images(inputs, manifest_images), shard)
     bundle, runner = load_runner(model_path, pick_device(device))
-    cfg = EvalConfig(batch_size=batch_size, num_beams=num_beams)
+    cfg = EvalConfig(batch_size=batch_size, num_beams=num_beams, ctc_rescore=ctc_rescore)
     predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
     if out:
         write_predictions(images, predictions, out)

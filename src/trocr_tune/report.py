@@ -97,7 +97,11 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "## Test (held-out fonts)",
         "",
         f"{test.get('lines')} lines, beam search with {cfg.eval.num_beams} beam(s)"
-        + (f" rescored with the encoder's CTC (weight {cfg.eval.ctc_rescore})" if cfg.eval.ctc_rescore else "")
+        + (
+            f" rescored with the encoder's CTC (weight {cfg.eval.ctc_rescore})"
+            if cfg.eval.ctc_rescore
+            else ""
+        )
         + ": "
         f"**CER {m.get('cer', nan):.4f}**, WER {m.get('wer', nan):.4f}, "
         f"mean similarity {m.get('mean_similarity', nan):.4f}, exact match {m.get('exact_match', nan):.3f}, "
