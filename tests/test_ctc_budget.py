@@ -185,7 +185,10 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
         states = model.encoder(pixel_values=pixels).last_hidden_state
     texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
     rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ll = ctc_log_likelihood(model, states.repeat_interleave(4, 0), rows, tok.pad_token_id).view(6, 4)
+    ll = ctc_log_likelihood(model, states, rows, tok.pad_token_id, rows_per_image=4).view(6, 4)
+    assert torch.equal(
+        ll.flatten(), ctc_log_likelihood(model, states.repeat_interleave(4, 0), rows, tok.pad_token_id)
+    )
     # Weight 1: the CTC reading decides among the 4 beams (never a text outside them).
     chosen = runner.generate_batch(
         pixels, generation_kwargs(bundle, EvalConfig(num_beams=4, ctc_rescore=1.0))

@@ -53,6 +53,15 @@ def generation_kwargs(
     return kwargs
 
 
+def sequence_end(ids: Sequence[int], eos: int, pad: int) -> tuple[int, int]:
+    """(text tokens, scored tokens) of generated ids: both stop at the first eos or pad, and the
+    scored ones include that eos (generate pads a finished sequence; the padding is not its own)."""
+    for i, token in enumerate(ids):
+        if token in (eos, pad):
+            return i, i + 1 if token == eos else i
+    return len(ids), len(ids)
+
+
 def decode_predictions(
     tokenizer: Any, generated: list[list[int]], logprobs: torch.Tensor
 ) -> list[Prediction]:
@@ -64,11 +73,7 @@ def decode_predictions(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     results = []
     for ids, logp in zip(generated, logprobs, strict=True):
-        n = len(ids)
-        for i, token in enumerate(ids):
-            if token in (eos, pad):
-                n = i + 1 if token == eos else i
-                break
+        _, n = sequence_end(ids, eos, pad)
         confidence = float(logp[:n].mean()) if n else 0.0
         text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(Prediction(text.strip(), confidence))

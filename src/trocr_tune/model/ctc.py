@@ -77,14 +77,20 @@ def ctc_loss(
 
 
 def ctc_log_likelihood(
-    model: Any, encoder_states: torch.Tensor, rows: list[list[int]], pad_id: int
+    model: Any,
+    encoder_states: torch.Tensor,
+    rows: list[list[int]],
+    pad_id: int,
+    rows_per_image: int = 1,
 ) -> torch.Tensor:
     """log p_CTC(row | image) of each token row (no special tokens) given its image's encoder output.
 
-    `encoder_states` holds one image per row. Rows longer than the columns can align get -inf.
+    `encoder_states` holds one image per `rows_per_image` consecutive rows (e.g. the beams of one
+    image). Rows longer than the columns can align get -inf.
     """
     columns = column_features(model, encoder_states)
     log_probs = F.log_softmax(model.decoder.output_projection(columns).float(), dim=-1).transpose(0, 1)
+    log_probs = log_probs.repeat_interleave(rows_per_image, dim=1)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     targets = torch.tensor([t for r in rows for t in r], dtype=torch.long)
     frames = torch.full((len(rows),), log_probs.shape[0], dtype=torch.long)

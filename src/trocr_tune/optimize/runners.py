@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
-from ..predict import Prediction, decode_predictions
+from ..predict import Prediction, decode_predictions, sequence_end
 
 
 class Runner(Protocol):
@@ -51,11 +52,18 @@ class TorchRunner:
         kwargs = dict(kwargs)
         rescore = float(kwargs.pop("ctc_rescore", 0.0))
         beams = int(kwargs.get("num_beams", 1))
-        if rescore > 0 and beams > 1:
+        rescoring = rescore > 0 and beams > 1
+        if rescoring:
             kwargs["num_return_sequences"] = beams
         with torch.inference_mode(), self._precision():
+            if rescoring:
+                # The encoder runs once: generate decodes from its output and the CTC reads it.
+                states = self.model.encoder(pixel_values=pixel_values.to(self.device)).last_hidden_state
+                inputs: dict[str, Any] = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
+            else:
+                inputs = {"pixel_values": pixel_values.to(self.device)}
             out = self.model.generate(
-                pixel_values=pixel_values.to(self.device),
+                **inputs,
                 output_scores=True,
                 return_dict_in_generate=True,
                 **kwargs,
@@ -65,13 +73,13 @@ class TorchRunner:
             )
             generated = out.sequences[:, -scores.shape[1] :].tolist()
             logprobs = scores.float().cpu()
-            if rescore > 0 and beams > 1:
-                generated, logprobs = self._ctc_rescore(pixel_values, generated, logprobs, beams, rescore)
+            if rescoring:
+                generated, logprobs = self._ctc_rescore(states, generated, logprobs, beams, rescore)
         return decode_predictions(self.tokenizer, generated, logprobs)
 
     def _ctc_rescore(
         self,
-        pixel_values: torch.Tensor,
+        states: torch.Tensor,
         rows: list[list[int]],
         logprobs: torch.Tensor,
         beams: int,
@@ -83,12 +91,10 @@ class TorchRunner:
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         tokens, decoder_logp = [], []
         for ids, logp in zip(rows, logprobs, strict=True):
-            n = next((i for i, t in enumerate(ids) if t in (eos, pad)), len(ids))
-            tokens.append(ids[:n])
-            # the decoder's log-probability includes its eos (when it ended the sequence)
-            decoder_logp.append(float(logp[: n + (n < len(ids) and ids[n] == eos)].sum()))
-        states = self.model.encoder(pixel_values=pixel_values.to(self.device)).last_hidden_state
-        ctc = ctc_log_likelihood(self.model, states.repeat_interleave(beams, dim=0), tokens, pad)
+            n_text, n_scored = sequence_end(ids, eos, pad)
+            tokens.append(ids[:n_text])
+            decoder_logp.append(float(logp[:n_scored].sum()))
+        ctc = ctc_log_likelihood(self.model, states, tokens, pad, rows_per_image=beams)
         joint = (1 - weight) * torch.tensor(decoder_logp) + weight * ctc
         best = [
             g * beams + int(joint[g * beams : (g + 1) * beams].argmax()) for g in range(len(rows) // beams)
