@@ -16,7 +16,9 @@ from PIL import Image
 from transformers import TrainerCallback, TrOCRProcessor, VisionEncoderDecoderModel
 
 from trocr_tune.config import load_config
+from trocr_tune.data.dataset import LineDataset, collate
 from trocr_tune.data.reader import read_dataset
+from trocr_tune.errors import UserError
 from trocr_tune.evaluate import evaluate_bundle
 from trocr_tune.model.loading import load_bundle
 from trocr_tune.predict import transcribe
@@ -321,3 +323,49 @@ def test_train_compile_reaches_the_trainer(words: Path, tmp_path: Path) -> None:
     assert args.torch_compile is True and args.torch_compile_mode == "max-autotune"
     plain = _training_args(load_config(None, TINY), has_eval=True, checkpoints=tmp_path, learning_rate=1e-3)
     assert plain.torch_compile is False
+
+
+def test_cached_images_train_to_the_same_weights(words: Path, tmp_path: Path) -> None:
+    """train.cache_images changes where later epochs get their pixels, never the pixels."""
+    args = [
+        "data.layout=manifest",
+        f"data.root={words}",
+        *TINY,
+        "train.batch_size=4",
+        "train.max_steps=9",  # three epochs of the 12 training lines
+        "train.eval_steps=100",
+    ]
+    weights = []
+    for cache in ("false", "true"):
+        overrides = [f"train.output_dir={tmp_path / cache}", f"train.cache_images={cache}"]
+        result = train(load_config(None, [*args, *overrides]))
+        weights.append(VisionEncoderDecoderModel.from_pretrained(result.model_dir).state_dict())
+        cached = any("cache_images" in n for n in result.metrics["notes"])
+        assert cached == (cache == "true")
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("other", ["train.augment=trocr-paper", "train.num_workers=2"])
+def test_cache_images_needs_no_augmentation_and_no_workers(other: str) -> None:
+    with pytest.raises(UserError, match=r"train\.cache_images needs"):
+        load_config(None, ["train.cache_images=true", "train.num_workers=0", other])
+
+
+def test_cached_image_is_reused_and_never_aliased_by_a_batch(words: Path) -> None:
+    calls = []
+
+    def processor(images, return_tensors):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return {"pixel_values": images[None].transpose(0, 3, 1, 2).astype("float32") / 255}
+
+    data = load_config(None, ["data.layout=manifest", f"data.root={words}"]).data
+    samples = read_dataset(data).split("train")
+    dataset = LineDataset(samples[:2], processor, None, with_labels=False, cache=True)
+    first = dataset[0]["pixel_values"]
+    assert dataset[0]["pixel_values"] is first and len(calls) == 1
+    batch = collate([dataset[0], dataset[1]])
+    batch["pixel_values"].zero_()  # the model or collator writing into a batch leaves the cache alone
+    assert first.abs().sum() > 0 and len(calls) == 2
+    with pytest.raises(ValueError, match="augmentation"):
+        LineDataset(samples[:2], processor, None, augment="trocr-paper", with_labels=False, cache=True)

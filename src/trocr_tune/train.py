@@ -10,6 +10,7 @@ predictions.csv and model/.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,21 @@ def _check_data(result: ReadResult, bundle: ModelBundle, pretrained: bool) -> li
     return notes
 
 
+def _check_cache_memory(train_set: LineDataset) -> str:
+    """Refuse train.cache_images when the processed training images need over half the RAM."""
+    gib = len(train_set) * train_set.pixel_values(0).nbytes / 2**30
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): trust the setting
+        ram = float("inf")
+    if gib > ram / 2:
+        raise UserError(
+            f"train.cache_images would keep {len(train_set)} processed images ({gib:.1f} GiB) in memory, "
+            f"over half of this machine's {ram:.1f} GiB; set train.cache_images=false or data.limit"
+        )
+    return f"train.cache_images: {len(train_set)} processed training images kept in memory ({gib:.2f} GiB)"
+
+
 def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Fine-tune as configured and write the run directory; returns its paths and final metrics.
 
@@ -261,8 +277,15 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     check_special_tokens(bundle.model, bundle.tokenizer)
     args = _training_args(cfg, has_eval=bool(eval_samples), checkpoints=checkpoints, learning_rate=lr)
     train_set = LineDataset(
-        train_samples, bundle.image_processor, bundle.tokenizer, cfg.train.augment, cfg.train.seed
+        train_samples,
+        bundle.image_processor,
+        bundle.tokenizer,
+        cfg.train.augment,
+        cfg.train.seed,
+        cache=cfg.train.cache_images,
     )
+    if cfg.train.cache_images:
+        notes.append(_check_cache_memory(train_set))
     eval_set = LineDataset(eval_samples, bundle.image_processor, bundle.tokenizer) if eval_samples else None
     interrupt = GracefulInterrupt()
     all_callbacks: list[TrainerCallback] = [interrupt, *(callbacks or [])]

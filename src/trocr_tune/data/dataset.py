@@ -1,7 +1,7 @@
 """The one torch Dataset of line images and its collator.
 
 Images are decoded lazily, in DataLoader workers; nothing but file paths and token ids is
-held for the whole dataset.
+held for the whole dataset, unless `cache=True` keeps each processed image after its first use.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ class LineDataset(torch.utils.data.Dataset):
         augment: str = "none",
         seed: int = 0,
         with_labels: bool = True,
+        cache: bool = False,
     ) -> None:
+        if cache and augment != "none":
+            raise ValueError("a cached image would repeat one augmentation every epoch")
         self.samples = list(samples)
         self.image_processor = image_processor
         self.policy_name = augment
@@ -44,6 +47,9 @@ class LineDataset(torch.utils.data.Dataset):
         self._policy: Any = None
         self._seeded = False
         self.labels = [encode_label(tokenizer, s.text) for s in self.samples] if with_labels else None
+        # Processed images by index, filled on first use (in this process: DataLoader workers
+        # would each fill a copy that dies with them).
+        self._cache: list[torch.Tensor | None] | None = [None] * len(self.samples) if cache else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,9 +67,14 @@ class LineDataset(torch.utils.data.Dataset):
         return self._policy(image=image)["image"] if self._policy is not None else image
 
     def pixel_values(self, index: int) -> torch.Tensor:
+        if self._cache is not None and (cached := self._cache[index]) is not None:
+            return cached
         image = self._augment(load_rgb(self.samples[index].image))
         out = self.image_processor(images=image, return_tensors="np")["pixel_values"][0]
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        pixels = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        if self._cache is not None:
+            self._cache[index] = pixels
+        return pixels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {"pixel_values": self.pixel_values(index)}
