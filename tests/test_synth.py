@@ -35,6 +35,7 @@ from trocr_tune.data.synth_text import (
 from trocr_tune.errors import UserError
 
 FONTS = available_fonts()
+ALL_FONTS = available_fonts(print_fonts=True)  # + the printed training fonts
 needs_fonts = pytest.mark.skipif(len(FONTS) < 3, reason="needs >= 3 fontpkg-* fonts installed")
 try:
     import sklearn  # noqa: F401
@@ -69,7 +70,7 @@ def test_fonts_render_char_classes() -> None:
     corpus_chars = all_corpus_chars()
     for name, classes in report.items():
         failed = {cls: chars for cls, chars in classes.items() if chars}
-        other = missing_chars(FONTS[name], corpus_chars)  # informative: these texts get skipped
+        other = missing_chars(ALL_FONTS[name], corpus_chars)  # informative: these texts get skipped
         verdict = f"FAILS {failed}" if failed else "all classes render"
         print(f"{name:20s} {verdict}; other corpus chars missing: {other!r}")
         assert set(classes) == set(CHAR_CLASSES)
@@ -164,7 +165,25 @@ def test_explicit_test_fonts(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not installed"):
         synthesize(tmp_path, 5, test_fonts=["no-such-font"], digits_fraction=0)
     with pytest.raises(UserError, match="no font for train"):
-        synthesize(tmp_path, 5, test_fonts=list(FONTS), digits_fraction=0)
+        synthesize(tmp_path, 5, test_fonts=list(FONTS), digits_fraction=0, print_fonts=False)
+
+
+@needs_fonts
+def test_print_fonts_only_train_and_leave_test_lines_unchanged(tmp_path: Path) -> None:
+    printed = set(ALL_FONTS) - set(FONTS)
+    if not printed:
+        pytest.skip("no fontpkg printed font installed")
+    kw = {"seed": 0, "height": 32, "digits_fraction": 0.0, "val_fraction": 0.1, "test_fraction": 0.2}
+    on = synthesize(tmp_path / "on", 120, **kw)
+    off = synthesize(tmp_path / "off", 120, print_fonts=False, **kw)
+    assert printed & set(on.fonts["train"]) and not printed & set(on.fonts["test"])
+    assert not printed & set(off.fonts["train"] + off.fonts["validation"] + off.fonts["test"])
+    assert on.fonts["test"] == off.fonts["test"]
+    # Adding training fonts changes no test line: the held-out comparison stays like for like.
+    tests = [r for r in read_manifest(tmp_path / "on") if r["split"] == "test"]
+    assert tests == [r for r in read_manifest(tmp_path / "off") if r["split"] == "test"]
+    for r in tests:
+        assert (tmp_path / "on" / r["image"]).read_bytes() == (tmp_path / "off" / r["image"]).read_bytes()
 
 
 def test_manifest_schema_and_images(dataset: tuple[Path, list[dict], synth.SynthReport]) -> None:
@@ -178,7 +197,7 @@ def test_manifest_schema_and_images(dataset: tuple[Path, list[dict], synth.Synth
         assert isinstance(r["meta"]["font"], str) and isinstance(r["meta"]["kind"], str)
         with Image.open(out / r["image"]) as im:
             assert im.mode == "L" and im.height == 48 and im.width >= 8
-        if r["meta"]["font"] != DIGITS_FONT and caps_only(FONTS[r["meta"]["font"]]):
+        if r["meta"]["font"] != DIGITS_FONT and caps_only(ALL_FONTS[r["meta"]["font"]]):
             assert r["text"] == r["text"].upper()
     raw = (out / "manifest.jsonl").read_text("utf-8")
     assert "\\u00" not in raw  # ensure_ascii=False keeps accents readable
@@ -265,3 +284,20 @@ def test_without_fonts_every_line_is_real_digits(tmp_path: Path) -> None:
     report = synthesize(tmp_path, 30, seed=4, fonts={})
     assert report.notes and report.fonts["train"] == [DIGITS_FONT]
     assert {r["meta"]["font"] for r in read_manifest(tmp_path)} == {DIGITS_FONT}
+
+
+@needs_fonts
+def test_cli_synth_print_fonts_switch(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    printed = set(ALL_FONTS) - set(FONTS)
+    for flag in ("--print-fonts", "--no-print-fonts"):
+        proc = run_cli(
+            "data", "synth", "--out", str(tmp_path / flag), "--lines", "60", "--height", "24", flag
+        )
+        assert proc.returncode == 0, proc.stderr
+        train_line = next(line for line in proc.stdout.splitlines() if "train fonts:" in line)
+        train_fonts = set(train_line.split(":", 1)[1].strip().split(", "))
+        test_line = next(line for line in proc.stdout.splitlines() if "test fonts:" in line)
+        assert not printed & set(test_line.split(":", 1)[1].strip().split(", "))
+        assert bool(printed & train_fonts) == (flag == "--print-fonts" and bool(printed))

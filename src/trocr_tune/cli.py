@@ -179,6 +179,13 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     "(kinds: name, word_es, word_en, phrase_es, phrase_en, date, amount).",
 )
 @click.option(
+    "--print-fonts/--no-print-fonts",
+    default=True,
+    show_default=True,
+    help="Also render training and validation lines in eight common printed fonts (fontpkg-*, "
+    "OFL): more letter shapes; test lines stay handwriting.",
+)
+@click.option(
     "--workers",
     default=None,
     type=click.IntRange(min=1),
@@ -194,13 +201,15 @@ def data_synth(
     test_fraction: float,
     digits_fraction: float,
     kinds: str | None,
+    print_fonts: bool,
     workers: int | None,
 ) -> None:
     """Render synthetic handwriting lines in the manifest layout (offline, reproducible).
 
     Handwriting fonts from the fontpkg-* packages (OFL) with per-glyph jitter, slant, baseline
     wobble, stroke width, ink and paper variation, plus numbers, dates and amounts composed of
-    real handwritten digits from scikit-learn. The test split uses fonts never seen in training.
+    real handwritten digits from scikit-learn; training lines also use eight printed fonts
+    (--no-print-fonts: none). The test split uses handwriting fonts never seen in training.
     Read the result with data.layout=manifest data.root=OUT/manifest.jsonl.
     """
     import os
@@ -223,6 +232,7 @@ def data_synth(
         test_fraction=test_fraction,
         kinds=weights,
         digits_fraction=digits_fraction,
+        print_fonts=print_fonts,
         workers=workers or os.cpu_count() or 1,
     )
     total = sum(report.counts.values())
