@@ -202,3 +202,112 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
     assert top == texts[::4]
     with pytest.raises(UserError, match="ctc_rescore"):
         EvalConfig(ctc_rescore=1.5)
+
+
+def test_views_keep_the_shape_and_change_the_ink_as_named() -> None:
+    from trocr_tune.model.views import VIEWS, paper
+
+    pixels = torch.full((2, 3, 16, 64), 0.8)
+    pixels[:, :, 6:10, 10:54] = -1.0  # one dark bar on light paper
+    ink = lambda x: (x < 0).sum().item()  # noqa: E731
+    for name, view in VIEWS.items():
+        out = view(pixels)
+        assert out.shape == pixels.shape and out.dtype == pixels.dtype, name
+        assert torch.allclose(paper(out), paper(pixels)), name  # the paper tone is kept
+    assert bool((VIEWS["thicker"](pixels) <= pixels).all()) and ink(VIEWS["thicker"](pixels)) > ink(pixels)
+    assert bool((VIEWS["thinner"](pixels) >= pixels).all()) and ink(VIEWS["thinner"](pixels)) < ink(pixels)
+    blurred = VIEWS["blur"](pixels)
+    edge = (blurred > -1.0) & (blurred < 0.8)  # grey where ink met paper; no ink lost or added
+    assert (
+        edge.sum() > 0
+        and (pixels[edge] != blurred[edge]).all()
+        and abs(blurred.mean() - pixels.mean()) < 1e-5
+    )
+    for name, axis in (("pad-x", -1), ("pad-y", -2)):
+        dark = (VIEWS[name](pixels)[0, 0] < 0).any(dim=-1 if axis == -2 else -2).nonzero()
+        before = (pixels[0, 0] < 0).any(dim=-1 if axis == -2 else -2).nonzero()
+        assert len(dark) < len(before), name  # the line is smaller along that axis, centred
+        assert dark.min() >= before.min() and dark.max() <= before.max(), name
+
+
+def test_decoder_log_likelihood_equals_the_beam_scores(tiny_run: Path) -> None:
+    from trocr_tune.config import EvalConfig
+    from trocr_tune.data.dataset import LineDataset, collate
+    from trocr_tune.data.reader import read_dataset
+    from trocr_tune.model.loading import load_bundle
+    from trocr_tune.optimize.runners import decoder_log_likelihood
+    from trocr_tune.predict import generation_kwargs, sequence_end
+
+    bundle = load_bundle(str(tiny_run / "model"))
+    model, tok = bundle.model.eval(), bundle.tokenizer
+    samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:5]
+    pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(5)])["pixel_values"]
+    kwargs = generation_kwargs(bundle, EvalConfig(num_beams=3))
+    with torch.inference_mode():
+        out = model.generate(
+            pixel_values=pixels,
+            num_return_sequences=3,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+        scores = model.compute_transition_scores(
+            out.sequences, out.scores, out.beam_indices, normalize_logits=True
+        )
+        states = model.encoder(pixel_values=pixels).last_hidden_state
+        rows, expected = [], []
+        for ids, logp in zip(out.sequences[:, 1:].tolist(), scores, strict=True):
+            n_text, n_scored = sequence_end(ids, tok.eos_token_id, tok.pad_token_id)
+            rows.append(ids[:n_text])
+            expected.append(float(logp[:n_scored].sum()))
+        got = decoder_log_likelihood(
+            model, states, rows, tok.eos_token_id, tok.pad_token_id, rows_per_image=3
+        )
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-3)
+
+
+def test_rescoring_with_views_and_length_bonus_picks_the_best_joint_score(tiny_run: Path) -> None:
+    from trocr_tune.config import EvalConfig
+    from trocr_tune.data.dataset import LineDataset, collate
+    from trocr_tune.data.reader import read_dataset
+    from trocr_tune.model.ctc import ctc_log_likelihood
+    from trocr_tune.model.loading import load_bundle
+    from trocr_tune.model.views import VIEWS
+    from trocr_tune.optimize.runners import TorchRunner, decoder_log_likelihood
+    from trocr_tune.predict import generation_kwargs
+
+    bundle = load_bundle(str(tiny_run / "model"))
+    model, tok = bundle.model.eval(), bundle.tokenizer
+    samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:6]
+    pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(6)])["pixel_values"]
+    cfg = EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_length_bonus=2.0, rescore_views=["blur", "pad-x"])
+    kwargs = generation_kwargs(bundle, cfg)
+    assert kwargs["rescore_views"] == ("blur", "pad-x") and kwargs["rescore_length_bonus"] == 2.0
+    plain = generation_kwargs(bundle, EvalConfig(num_beams=4))
+    with torch.inference_mode():
+        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain)
+        texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
+        rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        joint = torch.zeros(len(rows))
+        for view in (lambda x: x, VIEWS["blur"], VIEWS["pad-x"]):
+            states = model.encoder(pixel_values=view(pixels)).last_hidden_state
+            joint += 0.5 * decoder_log_likelihood(model, states, rows, eos, pad, rows_per_image=4)
+            joint += 0.5 * ctc_log_likelihood(model, states, rows, pad, rows_per_image=4)
+        joint = (joint / 3 + 2.0 * torch.tensor([len(r) for r in rows])).view(6, 4)
+    chosen = TorchRunner(model, tok, torch.device("cpu")).generate_batch(pixels, kwargs)
+    for i, pred in enumerate(chosen):
+        group = texts[4 * i : 4 * i + 4]
+        assert pred.text in group
+        assert joint[i, group.index(pred.text)] >= joint[i].max() - 1e-3
+
+
+def test_rescoring_options_need_ctc_rescore_and_known_views() -> None:
+    from trocr_tune.config import EvalConfig
+
+    with pytest.raises(UserError, match=r"need eval\.ctc_rescore"):
+        EvalConfig(num_beams=4, rescore_length_bonus=1.0)
+    with pytest.raises(UserError, match=r"need eval\.ctc_rescore"):
+        EvalConfig(num_beams=4, rescore_views=["blur"])
+    with pytest.raises(UserError, match=r"rescore_views=.sharpen. is not one of"):
+        EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_views=["sharpen"])

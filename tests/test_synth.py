@@ -186,6 +186,39 @@ def test_print_fonts_only_train_and_leave_test_lines_unchanged(tmp_path: Path) -
         assert (tmp_path / "on" / r["image"]).read_bytes() == (tmp_path / "off" / r["image"]).read_bytes()
 
 
+@needs_fonts
+def test_print_share_sets_the_printed_fraction_and_leaves_test_lines_unchanged(tmp_path: Path) -> None:
+    printed = set(ALL_FONTS) - set(FONTS)
+    if not printed:
+        pytest.skip("no fontpkg printed font installed")
+    kw = {"seed": 3, "height": 16, "digits_fraction": 0.0, "val_fraction": 0.0, "test_fraction": 0.1}
+    shares = {}
+    for share in (0.1, 0.9, None):
+        synthesize(tmp_path / str(share), 400, print_share=share, **kw)
+        records = read_manifest(tmp_path / str(share))
+        train = [r for r in records if r["split"] == "train"]
+        shares[share] = sum(r["meta"]["font"] in printed for r in train) / len(train)
+    # 360 training lines: binomial standard deviation <= 0.026 around the requested share.
+    assert abs(shares[0.1] - 0.1) < 0.06 and abs(shares[0.9] - 0.9) < 0.06
+    n_hands = len(set(ALL_FONTS) - printed) - 2  # two handwriting fonts are held out
+    by_count = len(printed) / (len(printed) + n_hands)
+    assert abs(shares[None] - by_count) < 0.1
+    tests = {
+        share: [r for r in read_manifest(tmp_path / str(share)) if r["split"] == "test"]
+        for share in (0.1, 0.9, None)
+    }
+    assert tests[0.1] == tests[0.9] == tests[None] and tests[None]
+    for r in tests[None]:
+        image = (tmp_path / "None" / r["image"]).read_bytes()
+        assert (
+            image
+            == (tmp_path / "0.1" / r["image"]).read_bytes()
+            == (tmp_path / "0.9" / r["image"]).read_bytes()
+        )
+    with pytest.raises(UserError, match="print_share"):
+        synthesize(tmp_path / "bad", 5, print_share=1.5, **kw)
+
+
 def test_manifest_schema_and_images(dataset: tuple[Path, list[dict], synth.SynthReport]) -> None:
     out, records, _ = dataset
     assert len(records) == 160
@@ -301,3 +334,10 @@ def test_cli_synth_print_fonts_switch(tmp_path: Path) -> None:
         test_line = next(line for line in proc.stdout.splitlines() if "test fonts:" in line)
         assert not printed & set(test_line.split(":", 1)[1].strip().split(", "))
         assert bool(printed & train_fonts) == (flag == "--print-fonts" and bool(printed))
+
+
+def test_cli_print_share_default_is_the_library_default() -> None:
+    from trocr_tune.cli import data_synth
+
+    option = next(p for p in data_synth.params if p.name == "print_share")
+    assert option.default == synth.DEFAULT_PRINT_SHARE

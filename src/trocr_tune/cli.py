@@ -186,6 +186,13 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     "OFL): more letter shapes; test lines stay handwriting.",
 )
 @click.option(
+    "--print-share",
+    default=0.36,  # synth.DEFAULT_PRINT_SHARE (a test keeps them equal; synth imports OpenCV)
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of the training and validation font lines drawn in the printed fonts.",
+)
+@click.option(
     "--workers",
     default=None,
     type=click.IntRange(min=1),
@@ -202,6 +209,7 @@ def data_synth(
     digits_fraction: float,
     kinds: str | None,
     print_fonts: bool,
+    print_share: float,
     workers: int | None,
 ) -> None:
     """Render synthetic handwriting lines in the manifest layout (offline, reproducible).
@@ -209,7 +217,8 @@ def data_synth(
     Handwriting fonts from the fontpkg-* packages (OFL) with per-glyph jitter, slant, baseline
     wobble, stroke width, ink and paper variation, plus numbers, dates and amounts composed of
     real handwritten digits from scikit-learn; training lines also use eight printed fonts
-    (--no-print-fonts: none). The test split uses handwriting fonts never seen in training.
+    for --print-share of the font lines (--no-print-fonts: none). The test split uses
+    handwriting fonts never seen in training.
     Read the result with data.layout=manifest data.root=OUT/manifest.jsonl.
     """
     import os
@@ -233,6 +242,7 @@ def data_synth(
         kinds=weights,
         digits_fraction=digits_fraction,
         print_fonts=print_fonts,
+        print_share=print_share,
         workers=workers or os.cpu_count() or 1,
     )
     total = sum(report.counts.values())

@@ -231,6 +231,14 @@ class EvalConfig:
     # one with the best (1 - w) * log p(decoder) + w * log p(CTC on the encoder columns). Only for
     # models trained with train.ctc_weight > 0 (model/ctc.py); 0 = plain beam search.
     ctc_rescore: float = 0.0
+    # With ctc_rescore: add this much per token to every hypothesis's joint score. Both
+    # log-likelihoods fall with each character read, so the joint score favours readings that drop
+    # one; a bonus of ~1 per token evens that out (demo model: README).
+    rescore_length_bonus: float = 0.0
+    # With ctc_rescore: average each hypothesis's joint score over the image and these test-time
+    # views of it (model/views.py: pad-x, pad-y, thicker, thinner, blur), one encoder pass and one
+    # teacher-forced decoder pass per view.
+    rescore_views: list[str] = field(default_factory=list)
     # Applied identically to predictions and references of every system compared.
     metric_unicode_form: str = "NFC"
     metric_collapse_whitespace: bool = True
@@ -241,6 +249,13 @@ class EvalConfig:
             raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
         if not 0.0 <= self.ctc_rescore <= 1.0:
             raise UserError("eval.ctc_rescore must be within [0, 1]")
+        if (self.rescore_length_bonus or self.rescore_views) and not self.ctc_rescore:
+            raise UserError("eval.rescore_length_bonus and eval.rescore_views need eval.ctc_rescore > 0")
+        if self.rescore_views:
+            from .model.views import VIEWS
+
+            for name in self.rescore_views:
+                _one_of("eval.rescore_views", name, tuple(VIEWS))
 
 
 @dataclass

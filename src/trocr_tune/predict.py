@@ -48,6 +48,10 @@ def generation_kwargs(
         kwargs["early_stopping"] = True
         if cfg.ctc_rescore > 0:  # read by the runner, not by generate (see optimize.runners)
             kwargs["ctc_rescore"] = cfg.ctc_rescore
+            if cfg.rescore_length_bonus:
+                kwargs["rescore_length_bonus"] = cfg.rescore_length_bonus
+            if cfg.rescore_views:
+                kwargs["rescore_views"] = tuple(cfg.rescore_views)
     if cfg.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
     return kwargs

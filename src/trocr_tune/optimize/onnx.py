@@ -13,6 +13,7 @@ greedy output equals PyTorch `generate`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -261,9 +262,25 @@ def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: 
     return OnnxRunner(folder, bundle)
 
 
-def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:
-    import copy
+def export_pair(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, int8: bool) -> dict[str, Path]:
+    """Export the fp32 graphs once into out/onnx and, with `int8`, quantize them into
+    out/onnx-int8: the benchmark builds both variants this way in one process of their own."""
+    _require_ort()
+    folders = {"onnx": out / "onnx"}
+    export(
+        copy.deepcopy(bundle.model),
+        folders["onnx"],
+        bundle.info.image_height,
+        bundle.info.image_width,
+        cfg.onnx_opset,
+    )
+    if int8:
+        folders["onnx-int8"] = out / "onnx-int8"
+        quantize_graphs(folders["onnx"], folders["onnx-int8"])
+    return folders
 
+
+def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:
     _require_ort()
     model = copy.deepcopy(bundle.model)
     if not int8:

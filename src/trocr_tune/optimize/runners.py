@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -27,6 +28,45 @@ class Runner(Protocol):
 def on_device(model: Any, device: torch.device) -> Any:
     """`model` moved to `device` in eval mode (typed loosely: Transformers wraps `.to`)."""
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """How `eval.ctc_rescore` picks among the beams (see EvalConfig)."""
+
+    ctc_weight: float = 0.0
+    length_bonus: float = 0.0
+    views: tuple[str, ...] = ()
+
+
+def decoder_log_likelihood(
+    model: Any,
+    encoder_states: torch.Tensor,
+    rows: list[list[int]],
+    eos: int,
+    pad: int,
+    rows_per_image: int = 1,
+) -> torch.Tensor:
+    """log p_decoder(row + eos | image) of each token row, teacher-forced in one decoder pass.
+
+    `encoder_states` holds one image per `rows_per_image` consecutive rows (e.g. its beams).
+    """
+    longest = max(len(r) for r in rows) + 1
+    targets = torch.full((len(rows), longest), pad, dtype=torch.long)
+    scored = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        targets[i, : len(row) + 1] = torch.tensor([*row, eos], dtype=torch.long)
+        scored[i, : len(row) + 1] = True
+    decoder_input = torch.cat(
+        [torch.full((len(rows), 1), model.config.decoder_start_token_id, dtype=torch.long), targets[:, :-1]],
+        1,
+    ).to(encoder_states.device)
+    states = encoder_states.repeat_interleave(rows_per_image, dim=0)
+    logits = model(
+        encoder_outputs=BaseModelOutput(last_hidden_state=states), decoder_input_ids=decoder_input
+    ).logits
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (logp * scored).sum(dim=-1)
 
 
 class TorchRunner:
@@ -50,18 +90,23 @@ class TorchRunner:
 
     def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
         kwargs = dict(kwargs)
-        rescore = float(kwargs.pop("ctc_rescore", 0.0))
+        rescore = Rescoring(
+            float(kwargs.pop("ctc_rescore", 0.0)),
+            float(kwargs.pop("rescore_length_bonus", 0.0)),
+            tuple(kwargs.pop("rescore_views", ())),
+        )
         beams = int(kwargs.get("num_beams", 1))
-        rescoring = rescore > 0 and beams > 1
+        rescoring = rescore.ctc_weight > 0 and beams > 1
         if rescoring:
             kwargs["num_return_sequences"] = beams
         with torch.inference_mode(), self._precision():
+            pixels = pixel_values.to(self.device)
             if rescoring:
                 # The encoder runs once: generate decodes from its output and the CTC reads it.
-                states = self.model.encoder(pixel_values=pixel_values.to(self.device)).last_hidden_state
+                states = self.model.encoder(pixel_values=pixels).last_hidden_state
                 inputs: dict[str, Any] = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
             else:
-                inputs = {"pixel_values": pixel_values.to(self.device)}
+                inputs = {"pixel_values": pixels}
             out = self.model.generate(
                 **inputs,
                 output_scores=True,
@@ -74,28 +119,37 @@ class TorchRunner:
             generated = out.sequences[:, -scores.shape[1] :].tolist()
             logprobs = scores.float().cpu()
             if rescoring:
-                generated, logprobs = self._ctc_rescore(states, generated, logprobs, beams, rescore)
+                generated, logprobs = self._rescore(pixels, states, generated, logprobs, beams, rescore)
         return decode_predictions(self.tokenizer, generated, logprobs)
 
-    def _ctc_rescore(
+    def _rescore(
         self,
+        pixels: torch.Tensor,
         states: torch.Tensor,
         rows: list[list[int]],
         logprobs: torch.Tensor,
         beams: int,
-        weight: float,
+        how: Rescoring,
     ) -> tuple[list[list[int]], torch.Tensor]:
-        """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC."""
+        """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC
+        (averaged over the image and its `how.views`) + bonus x length."""
         from ..model.ctc import ctc_log_likelihood
+        from ..model.views import VIEWS
 
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        w = how.ctc_weight
         tokens, decoder_logp = [], []
         for ids, logp in zip(rows, logprobs, strict=True):
             n_text, n_scored = sequence_end(ids, eos, pad)
             tokens.append(ids[:n_text])
             decoder_logp.append(float(logp[:n_scored].sum()))
         ctc = ctc_log_likelihood(self.model, states, tokens, pad, rows_per_image=beams)
-        joint = (1 - weight) * torch.tensor(decoder_logp) + weight * ctc
+        joint = (1 - w) * torch.tensor(decoder_logp) + w * ctc
+        for name in how.views:
+            view = self.model.encoder(pixel_values=VIEWS[name](pixels)).last_hidden_state
+            joint += (1 - w) * decoder_log_likelihood(self.model, view, tokens, eos, pad, beams)
+            joint += w * ctc_log_likelihood(self.model, view, tokens, pad, rows_per_image=beams)
+        joint = joint / (1 + len(how.views)) + how.length_bonus * torch.tensor([len(t) for t in tokens])
         best = [
             g * beams + int(joint[g * beams : (g + 1) * beams].argmax()) for g in range(len(rows) // beams)
         ]
