@@ -252,6 +252,8 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
         "3",
         "--ctc-rescore",
         "0.5",
+        "--length-bonus",
+        "1",
     )
     assert shard.returncode == 0, shard.stderr[-2000:]
     predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
@@ -275,6 +277,8 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
         assert im.width > 300 and im.height > 100
     bad = run_cli("predict", model, str(tmp_path / "missing.png"))
     assert bad.returncode == 2 and "not found" in bad.stderr
+    bonus_alone = run_cli("predict", model, images[0], "--num-beams", "2", "--length-bonus", "1")
+    assert bonus_alone.returncode == 2 and "need eval.ctc_rescore" in bonus_alone.stderr
 
 
 @pytest.mark.skipif(

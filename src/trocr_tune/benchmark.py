@@ -5,8 +5,10 @@ Honesty rules, all enforced here:
 - the same test split, preprocessed once: every variant decodes the very same pixel tensors;
 - the same generation settings and the same metric normalisation for every variant;
 - each variant runs in a fresh process (its own peak RSS, no compile cache or thread pool
-  shared with another variant), warm-up runs are excluded, timed runs are repeated and their
-  median and spread reported, and ratios are to the baseline measured in the same run.
+  shared with another variant; forked from a server that has only imported the libraries; the
+  ONNX graphs are exported beforehand in a process of their own), warm-up runs are excluded,
+  timed runs are repeated and their median and spread reported, and ratios are to the baseline
+  measured in the same run.
 """
 
 from __future__ import annotations

@@ -350,6 +350,12 @@ def evaluate_command(
     "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
 )
 @click.option(
+    "--length-bonus",
+    default=0.0,
+    show_default=True,
+    help="With --ctc-rescore: add this per token to each beam's joint score (the demo uses 1).",
+)
+@click.option(
     "--shard", default=None, help="i/n: transcribe only the i-th of n contiguous slices (parallel runs)."
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
@@ -363,6 +369,7 @@ def predict_command(
     batch_size: int,
     num_beams: int,
     ctc_rescore: float,
+    length_bonus: float,
     shard: str | None,
     device: str,
     workers: int,
@@ -380,7 +387,12 @@ def predict_command(
 
     images = take_shard(collect_images(inputs, manifest_images), shard)
     bundle, runner = load_runner(model_path, pick_device(device))
-    cfg = EvalConfig(batch_size=batch_size, num_beams=num_beams, ctc_rescore=ctc_rescore)
+    cfg = EvalConfig(
+        batch_size=batch_size,
+        num_beams=num_beams,
+        ctc_rescore=ctc_rescore,
+        rescore_length_bonus=length_bonus,
+    )
     predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
     if out:
         write_predictions(images, predictions, out)

@@ -98,7 +98,10 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "",
         f"{test.get('lines')} lines, beam search with {cfg.eval.num_beams} beam(s)"
         + (
-            f" rescored with the encoder's CTC (weight {cfg.eval.ctc_rescore})"
+            f" rescored with the encoder's CTC (weight {cfg.eval.ctc_rescore}"
+            + (f", length bonus {cfg.eval.rescore_length_bonus:g}" if cfg.eval.rescore_length_bonus else "")
+            + (f", views {', '.join(cfg.eval.rescore_views)}" if cfg.eval.rescore_views else "")
+            + ")"
             if cfg.eval.ctc_rescore
             else ""
         )
