@@ -122,6 +122,12 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "its CER can differ from the test CER above.",
         "",
         bench.get("table", "(benchmark not run)"),
+        # Variants the demo itself left out (e.g. compile-default when its budget ran short).
+        *(
+            f"\nNot in the table: {label}: {reason}."
+            for label, reason in bench.get("skipped", {}).items()
+            if f"Skipped {label}:" not in bench.get("table", "")
+        ),
         "![accuracy vs speed](benchmark/benchmark.png)",
         "",
         "## Stage times",
