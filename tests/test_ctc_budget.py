@@ -295,11 +295,21 @@ def test_rescoring_with_views_and_length_bonus_picks_the_best_joint_score(tiny_r
             joint += 0.5 * decoder_log_likelihood(model, states, rows, eos, pad, rows_per_image=4)
             joint += 0.5 * ctc_log_likelihood(model, states, rows, pad, rows_per_image=4)
         joint = (joint / 3 + 2.0 * torch.tensor([len(r) for r in rows])).view(6, 4)
-    chosen = TorchRunner(model, tok, torch.device("cpu")).generate_batch(pixels, kwargs)
+    runner = TorchRunner(model, tok, torch.device("cpu"))
+    chosen = runner.generate_batch(pixels, kwargs)
     for i, pred in enumerate(chosen):
         group = texts[4 * i : 4 * i + 4]
         assert pred.text in group
         assert joint[i, group.index(pred.text)] >= joint[i].max() - 1e-3
+
+    # The margin gate: views only where the two best beams are that close. A huge margin views
+    # every image; a vanishing one none, which is the bonus-only rescoring.
+    def texts_with(**changes: object) -> list[str]:
+        gated = generation_kwargs(bundle, EvalConfig(**{**cfg.__dict__, **changes}))
+        return [p.text for p in runner.generate_batch(pixels, gated)]
+
+    assert texts_with(rescore_views_margin=1e9) == [p.text for p in chosen]
+    assert texts_with(rescore_views_margin=1e-9) == texts_with(rescore_views=[])
 
 
 def test_rescoring_options_need_ctc_rescore_and_known_views() -> None:
@@ -311,3 +321,7 @@ def test_rescoring_options_need_ctc_rescore_and_known_views() -> None:
         EvalConfig(num_beams=4, rescore_views=["blur"])
     with pytest.raises(UserError, match=r"rescore_views=.sharpen. is not one of"):
         EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_views=["sharpen"])
+    with pytest.raises(UserError, match="rescore_views_margin"):
+        EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_views_margin=1.0)
+    with pytest.raises(UserError, match="rescore_views_margin"):
+        EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_views=["blur"], rescore_views_margin=0.0)

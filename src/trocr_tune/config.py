@@ -239,6 +239,10 @@ class EvalConfig:
     # views of it (model/views.py: pad-x, pad-y, thicker, thinner, blur), one encoder pass and one
     # teacher-forced decoder pass per view.
     rescore_views: list[str] = field(default_factory=list)
+    # ... only for the images whose two best beams are within this many log-likelihood units of
+    # each other (null: every image). The demo model kept the views' whole gain at 1 while
+    # viewing a third of the lines.
+    rescore_views_margin: float | None = None
     # Applied identically to predictions and references of every system compared.
     metric_unicode_form: str = "NFC"
     metric_collapse_whitespace: bool = True
@@ -251,6 +255,10 @@ class EvalConfig:
             raise UserError("eval.ctc_rescore must be within [0, 1]")
         if (self.rescore_length_bonus or self.rescore_views) and not self.ctc_rescore:
             raise UserError("eval.rescore_length_bonus and eval.rescore_views need eval.ctc_rescore > 0")
+        if self.rescore_views_margin is not None and not (
+            self.rescore_views and self.rescore_views_margin > 0
+        ):
+            raise UserError("eval.rescore_views_margin must be > 0 and needs eval.rescore_views")
         if self.rescore_views:
             from .model.views import VIEWS
 

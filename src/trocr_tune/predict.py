@@ -52,6 +52,8 @@ def generation_kwargs(
                 kwargs["rescore_length_bonus"] = cfg.rescore_length_bonus
             if cfg.rescore_views:
                 kwargs["rescore_views"] = tuple(cfg.rescore_views)
+                if cfg.rescore_views_margin is not None:
+                    kwargs["rescore_views_margin"] = cfg.rescore_views_margin
     if cfg.no_repeat_ngram_size:
         kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
     return kwargs

@@ -37,6 +37,7 @@ class Rescoring:
     ctc_weight: float = 0.0
     length_bonus: float = 0.0
     views: tuple[str, ...] = ()
+    views_margin: float = float("inf")
 
 
 def decoder_log_likelihood(
@@ -94,6 +95,7 @@ class TorchRunner:
             float(kwargs.pop("ctc_rescore", 0.0)),
             float(kwargs.pop("rescore_length_bonus", 0.0)),
             tuple(kwargs.pop("rescore_views", ())),
+            float(kwargs.pop("rescore_views_margin", float("inf"))),
         )
         beams = int(kwargs.get("num_beams", 1))
         rescoring = rescore.ctc_weight > 0 and beams > 1
@@ -132,9 +134,9 @@ class TorchRunner:
         how: Rescoring,
     ) -> tuple[list[list[int]], torch.Tensor]:
         """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC
-        (averaged over the image and its `how.views`) + bonus x length."""
+        (averaged over the image and its `how.views` where the two best are within
+        `how.views_margin`) + bonus x length."""
         from ..model.ctc import ctc_log_likelihood
-        from ..model.views import VIEWS
 
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         w = how.ctc_weight
@@ -144,13 +146,39 @@ class TorchRunner:
             tokens.append(ids[:n_text])
             decoder_logp.append(float(logp[:n_scored].sum()))
         ctc = ctc_log_likelihood(self.model, states, tokens, pad, rows_per_image=beams)
-        joint = (1 - w) * torch.tensor(decoder_logp) + w * ctc
+        plain = ((1 - w) * torch.tensor(decoder_logp) + w * ctc).view(-1, beams)
+        bonus = how.length_bonus * torch.tensor([len(t) for t in tokens], dtype=torch.float32).view(-1, beams)
+        if how.views:
+            # Only images whose two best beams are within `views_margin` of each other: where one
+            # reading is far ahead the views rarely change it, and each costs two passes.
+            top2 = (plain + bonus).topk(min(2, beams), dim=1).values
+            unsure = torch.nonzero(top2[:, 0] - top2[:, -1] < how.views_margin).flatten()
+            if len(unsure):
+                plain[unsure] = self._view_scores(pixels[unsure], plain[unsure], tokens, unsure, beams, how)
+        joint = plain + bonus
+        best = [g * beams + int(joint[g].argmax()) for g in range(joint.shape[0])]
+        return [rows[i] for i in best], logprobs[best]
+
+    def _view_scores(
+        self,
+        pixels: torch.Tensor,
+        joint: torch.Tensor,
+        tokens: list[list[int]],
+        images: torch.Tensor,
+        beams: int,
+        how: Rescoring,
+    ) -> torch.Tensor:
+        """The joint scores (images, beams) of `images` averaged with those on each view."""
+        from ..model.ctc import ctc_log_likelihood
+        from ..model.views import VIEWS
+
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        w = how.ctc_weight
+        rows = [tokens[g * beams + k] for g in images.tolist() for k in range(beams)]
+        total = joint.clone()
         for name in how.views:
             view = self.model.encoder(pixel_values=VIEWS[name](pixels)).last_hidden_state
-            joint += (1 - w) * decoder_log_likelihood(self.model, view, tokens, eos, pad, beams)
-            joint += w * ctc_log_likelihood(self.model, view, tokens, pad, rows_per_image=beams)
-        joint = joint / (1 + len(how.views)) + how.length_bonus * torch.tensor([len(t) for t in tokens])
-        best = [
-            g * beams + int(joint[g * beams : (g + 1) * beams].argmax()) for g in range(len(rows) // beams)
-        ]
-        return [rows[i] for i in best], logprobs[best]
+            score = (1 - w) * decoder_log_likelihood(self.model, view, rows, eos, pad, beams)
+            score += w * ctc_log_likelihood(self.model, view, rows, pad, rows_per_image=beams)
+            total += score.view(-1, beams)
+        return total / (1 + len(how.views))
