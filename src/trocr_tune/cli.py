@@ -312,7 +312,10 @@ def evaluate_command(
     case-insensitive), the worst 20 lines, a character confusion table, time and lines/s.
     Decoding: greedy, or beam search with eval.num_beams / eval.length_penalty /
     eval.no_repeat_ngram_size; eval.ctc_rescore=W (models trained with train.ctc_weight > 0)
-    picks among the beams by (1-W) decoder + W encoder-CTC log-likelihood. CONFIG_HELP
+    picks among the beams by (1-W) decoder + W encoder-CTC log-likelihood, plus
+    eval.rescore_length_bonus per token, averaged over eval.rescore_views (test-time views:
+    pad-x, pad-y, thicker, thinner, blur) where the two best beams are within
+    eval.rescore_views_margin. CONFIG_HELP
     """
     from .data.reader import read_dataset
     from .evaluate import evaluate_bundle, print_report, write_report
