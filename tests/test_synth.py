@@ -168,11 +168,25 @@ def test_explicit_test_fonts(tmp_path: Path) -> None:
         synthesize(tmp_path, 5, test_fonts=list(FONTS), digits_fraction=0, print_fonts=False)
 
 
-@needs_fonts
-def test_print_fonts_only_train_and_leave_test_lines_unchanged(tmp_path: Path) -> None:
+def printed_fonts_or_skip() -> set[str]:
     printed = set(ALL_FONTS) - set(FONTS)
     if not printed:
         pytest.skip("no fontpkg printed font installed")
+    return printed
+
+
+def assert_same_test_lines(*outs: Path) -> None:
+    """Every output folder holds the very same test records and test images, byte for byte."""
+    first, *others = ([r for r in read_manifest(out) if r["split"] == "test"] for out in outs)
+    assert first and all(records == first for records in others)
+    for r in first:
+        images = {(out / r["image"]).read_bytes() for out in outs}
+        assert len(images) == 1, r["image"]
+
+
+@needs_fonts
+def test_print_fonts_only_train_and_leave_test_lines_unchanged(tmp_path: Path) -> None:
+    printed = printed_fonts_or_skip()
     kw = {"seed": 0, "height": 32, "digits_fraction": 0.0, "val_fraction": 0.1, "test_fraction": 0.2}
     on = synthesize(tmp_path / "on", 120, **kw)
     off = synthesize(tmp_path / "off", 120, print_fonts=False, **kw)
@@ -180,17 +194,12 @@ def test_print_fonts_only_train_and_leave_test_lines_unchanged(tmp_path: Path) -
     assert not printed & set(off.fonts["train"] + off.fonts["validation"] + off.fonts["test"])
     assert on.fonts["test"] == off.fonts["test"]
     # Adding training fonts changes no test line: the held-out comparison stays like for like.
-    tests = [r for r in read_manifest(tmp_path / "on") if r["split"] == "test"]
-    assert tests == [r for r in read_manifest(tmp_path / "off") if r["split"] == "test"]
-    for r in tests:
-        assert (tmp_path / "on" / r["image"]).read_bytes() == (tmp_path / "off" / r["image"]).read_bytes()
+    assert_same_test_lines(tmp_path / "on", tmp_path / "off")
 
 
 @needs_fonts
 def test_print_share_sets_the_printed_fraction_and_leaves_test_lines_unchanged(tmp_path: Path) -> None:
-    printed = set(ALL_FONTS) - set(FONTS)
-    if not printed:
-        pytest.skip("no fontpkg printed font installed")
+    printed = printed_fonts_or_skip()
     kw = {"seed": 3, "height": 16, "digits_fraction": 0.0, "val_fraction": 0.0, "test_fraction": 0.1}
     shares = {}
     for share in (0.1, 0.9, None):
@@ -203,18 +212,7 @@ def test_print_share_sets_the_printed_fraction_and_leaves_test_lines_unchanged(t
     n_hands = len(set(ALL_FONTS) - printed) - 2  # two handwriting fonts are held out
     by_count = len(printed) / (len(printed) + n_hands)
     assert abs(shares[None] - by_count) < 0.1
-    tests = {
-        share: [r for r in read_manifest(tmp_path / str(share)) if r["split"] == "test"]
-        for share in (0.1, 0.9, None)
-    }
-    assert tests[0.1] == tests[0.9] == tests[None] and tests[None]
-    for r in tests[None]:
-        image = (tmp_path / "None" / r["image"]).read_bytes()
-        assert (
-            image
-            == (tmp_path / "0.1" / r["image"]).read_bytes()
-            == (tmp_path / "0.9" / r["image"]).read_bytes()
-        )
+    assert_same_test_lines(*(tmp_path / str(share) for share in (None, 0.1, 0.9)))
     with pytest.raises(UserError, match="print_share"):
         synthesize(tmp_path / "bad", 5, print_share=1.5, **kw)
 

@@ -265,15 +265,8 @@ def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: 
 def export_pair(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, int8: bool) -> dict[str, Path]:
     """Export the fp32 graphs once into out/onnx and, with `int8`, quantize them into
     out/onnx-int8: the benchmark builds both variants this way in one process of their own."""
-    _require_ort()
     folders = {"onnx": out / "onnx"}
-    export(
-        copy.deepcopy(bundle.model),
-        folders["onnx"],
-        bundle.info.image_height,
-        bundle.info.image_width,
-        cfg.onnx_opset,
-    )
+    export_variant(bundle, folders["onnx"], cfg, int8=False)
     if int8:
         folders["onnx-int8"] = out / "onnx-int8"
         quantize_graphs(folders["onnx"], folders["onnx-int8"])
