@@ -265,7 +265,8 @@ def train_command(args: tuple[str, ...]) -> None:
     \b
     Writes train.output_dir/: config.yaml, metrics.json, curves.png, predictions.csv (validation
     set), eval/ (full evaluation report), checkpoints/ and model/ (loadable by plain
-    VisionEncoderDecoderModel.from_pretrained + TrOCRProcessor.from_pretrained). The best
+    VisionEncoderDecoderModel.from_pretrained + TrOCRProcessor.from_pretrained; with
+    train.char_lm_order > 0 it also holds char_lm.json for eval.lm_weight). The best
     checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced).
     train.resume=true continues from the last checkpoint; Ctrl-C saves one and stops.
     Multi-GPU / multi-node: launch the same command with torchrun or accelerate launch.
@@ -312,10 +313,11 @@ def evaluate_command(
     case-insensitive), the worst 20 lines, a character confusion table, time and lines/s.
     Decoding: greedy, or beam search with eval.num_beams / eval.length_penalty /
     eval.no_repeat_ngram_size; eval.ctc_rescore=W (models trained with train.ctc_weight > 0)
-    picks among the beams by (1-W) decoder + W encoder-CTC log-likelihood, plus
-    eval.rescore_length_bonus per token, averaged over eval.rescore_views (test-time views:
-    pad-x, pad-y, thicker, thinner, blur) where the two best beams are within
-    eval.rescore_views_margin. CONFIG_HELP
+    picks among the beams by (1-W) decoder + W encoder-CTC log-likelihood, averaged over
+    eval.rescore_views (test-time views: pad-x, pad-y, thicker, thinner, blur) where the two best
+    beams are within eval.rescore_views_margin, plus eval.lm_weight x the log-probability under
+    the training transcripts' character n-gram model (MODEL/char_lm.json: train.char_lm_order or
+    `trocr-tune lm`) and eval.rescore_length_bonus per token. CONFIG_HELP
     """
     from .data.reader import read_dataset
     from .evaluate import evaluate_bundle, print_report, write_report
@@ -353,10 +355,19 @@ def evaluate_command(
     "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
 )
 @click.option(
+    "--lm-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="With --num-beams > 1: add W x log p(text) under MODEL/char_lm.json, the training "
+    "transcripts' character n-gram model, to each beam's score (the demo uses 0.25).",
+)
+@click.option(
     "--length-bonus",
     default=0.0,
     show_default=True,
-    help="With --ctc-rescore: add this per token to each beam's joint score (the demo uses 1).",
+    help="With --ctc-rescore or --lm-weight: add this per token to each beam's joint score "
+    "(the demo uses 1).",
 )
 @click.option(
     "--shard", default=None, help="i/n: transcribe only the i-th of n contiguous slices (parallel runs)."
@@ -372,6 +383,7 @@ def predict_command(
     batch_size: int,
     num_beams: int,
     ctc_rescore: float,
+    lm_weight: float,
     length_bonus: float,
     shard: str | None,
     device: str,
@@ -394,6 +406,7 @@ def predict_command(
         batch_size=batch_size,
         num_beams=num_beams,
         ctc_rescore=ctc_rescore,
+        lm_weight=lm_weight,
         rescore_length_bonus=length_bonus,
     )
     predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
@@ -403,6 +416,30 @@ def predict_command(
     else:
         for path, p in zip(images, predictions, strict=True):
             click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
+
+
+@cli.command("lm")
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option(
+    "--order", default=5, show_default=True, type=click.IntRange(1, 12), help="Characters per n-gram."
+)
+def lm_command(model_path: Path, args: tuple[str, ...], order: int) -> None:
+    """Fit a character n-gram model on the training split's transcripts into MODEL/char_lm.json.
+
+    For checkpoints trained without one (train.char_lm_order=0, or a hub model saved to a
+    folder). eval.lm_weight (predict --lm-weight) then adds its log-probability of each beam's
+    text to the beam's score. CONFIG_HELP
+    """
+    from .data.reader import read_dataset
+    from .model.charlm import CHAR_LM_FILE, CharNgramLM
+
+    cfg = config_from_args(args)
+    texts = [s.text for s in read_dataset(cfg.data).split("train")]
+    if not texts:
+        raise UserError("the training split is empty: the language model learns from its transcripts")
+    path = CharNgramLM.fit(texts, order).save(model_path / CHAR_LM_FILE)
+    click.echo(f"{order}-gram character model of {len(texts)} training lines: {path}")
 
 
 def _variants_help() -> str:
@@ -606,7 +643,7 @@ def manifest_images(path: Path) -> list[str]:
     return [s.image for s in read_manifest(cfg, path, DropLog())]
 
 
-for _command in (data_preview, train_command, evaluate_command, benchmark_command):
+for _command in (data_preview, train_command, evaluate_command, lm_command, benchmark_command):
     _command.help = (_command.help or "").replace("CONFIG_HELP", CONFIG_HELP)
 
 

@@ -183,6 +183,9 @@ class TrainConfig:
     # Wall-clock budget: train until it is spent, with warmup + cosine over *time* (the
     # learning rate reaches 0 when the budget ends); train.max_steps still caps the steps.
     max_minutes: float | None = None
+    # Save a character n-gram model of this order of the training split's transcripts beside the
+    # checkpoint (char_lm.json, model/charlm.py) for eval.lm_weight; 0 = none. A few hundred KB.
+    char_lm_order: int = 5
 
     def __post_init__(self) -> None:
         from .data.augment import POLICIES
@@ -215,6 +218,8 @@ class TrainConfig:
             raise UserError("train.ctc_warmup must be in [0, 1) and needs train.ctc_weight > 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError("train.max_minutes must be > 0 (or null)")
+        if not 0 <= self.char_lm_order <= 12:
+            raise UserError("train.char_lm_order must be within [0, 12] (0 = no language model)")
         for tracker in self.report_to:
             _one_of("train.report_to", tracker, ("none", "tensorboard", "wandb"))
 
@@ -231,13 +236,18 @@ class EvalConfig:
     # one with the best (1 - w) * log p(decoder) + w * log p(CTC on the encoder columns). Only for
     # models trained with train.ctc_weight > 0 (model/ctc.py); 0 = plain beam search.
     ctc_rescore: float = 0.0
-    # With ctc_rescore: add this much per token to every hypothesis's joint score. Both
+    # With num_beams > 1: add this weight x log p(text) under the character n-gram model of the
+    # training transcripts (char_lm.json beside the checkpoint, written by train.char_lm_order or
+    # `trocr-tune lm`) to every hypothesis's score and keep all num_beams of them, as ctc_rescore
+    # does; works with or without ctc_rescore. 0 = no language model.
+    lm_weight: float = 0.0
+    # With ctc_rescore or lm_weight: add this much per token to every hypothesis's joint score. The
     # log-likelihoods fall with each character read, so the joint score favours readings that drop
     # one; a bonus of ~1 per token evens that out (demo model: README).
     rescore_length_bonus: float = 0.0
-    # With ctc_rescore: average each hypothesis's joint score over the image and these test-time
-    # views of it (model/views.py: pad-x, pad-y, thicker, thinner, blur), one encoder pass and one
-    # teacher-forced decoder pass per view.
+    # With ctc_rescore or lm_weight: average each hypothesis's optical score (decoder, and CTC with
+    # ctc_rescore) over the image and these test-time views of it (model/views.py: pad-x, pad-y,
+    # thicker, thinner, blur), one encoder pass and one teacher-forced decoder pass per view.
     rescore_views: list[str] = field(default_factory=list)
     # ... only for the images whose two best beams are within this many log-likelihood units of
     # each other (null: every image). The demo model kept the views' whole gain at 1 while
@@ -253,8 +263,13 @@ class EvalConfig:
             raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
         if not 0.0 <= self.ctc_rescore <= 1.0:
             raise UserError("eval.ctc_rescore must be within [0, 1]")
-        if (self.rescore_length_bonus or self.rescore_views) and not self.ctc_rescore:
-            raise UserError("eval.rescore_length_bonus and eval.rescore_views need eval.ctc_rescore > 0")
+        if self.lm_weight < 0:
+            raise UserError("eval.lm_weight must be >= 0")
+        if (self.rescore_length_bonus or self.rescore_views) and not (self.ctc_rescore or self.lm_weight):
+            raise UserError(
+                "eval.rescore_length_bonus and eval.rescore_views need eval.ctc_rescore > 0 "
+                "or eval.lm_weight > 0"
+            )
         if self.rescore_views_margin is not None and not (
             self.rescore_views and self.rescore_views_margin > 0
         ):

@@ -14,6 +14,7 @@ import torch
 from .config import EvalConfig
 from .data.dataset import LineDataset, collate
 from .errors import UserError
+from .model.charlm import CHAR_LM_FILE
 from .model.loading import ModelBundle
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -46,7 +47,14 @@ def generation_kwargs(
     if cfg.num_beams > 1:
         kwargs["length_penalty"] = cfg.length_penalty
         kwargs["early_stopping"] = True
-        if cfg.ctc_rescore > 0:  # read by the runner, not by generate (see optimize.runners)
+        if cfg.lm_weight > 0:
+            if bundle.char_lm is None:
+                raise UserError(
+                    "eval.lm_weight needs a character language model beside the checkpoint "
+                    f"({CHAR_LM_FILE}): train with train.char_lm_order > 0, or build one with `trocr-tune lm`"
+                )
+            kwargs["rescore_lm"] = (cfg.lm_weight, bundle.char_lm)
+        if cfg.ctc_rescore > 0 or cfg.lm_weight > 0:  # read by the runner, not by generate
             kwargs["ctc_rescore"] = cfg.ctc_rescore
             if cfg.rescore_length_bonus:
                 kwargs["rescore_length_bonus"] = cfg.rescore_length_bonus

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, EvalConfig
 
 
 def prediction_grid(predictions_csv: Path, out: Path, count: int = 16, seed: int = 0) -> Path:
@@ -43,6 +43,20 @@ def prediction_grid(predictions_csv: Path, out: Path, count: int = 16, seed: int
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _rescoring_words(ev: EvalConfig) -> str:
+    """' rescored with ...' naming every term that picks among the beams (empty without any)."""
+    terms = []
+    if ev.ctc_rescore:
+        terms.append(f"the encoder's CTC (weight {ev.ctc_rescore:g})")
+    if ev.lm_weight:
+        terms.append(f"a character n-gram model of the training transcripts (weight {ev.lm_weight:g})")
+    if not terms or ev.num_beams < 2:
+        return ""
+    extras = [f"length bonus {ev.rescore_length_bonus:g}"] if ev.rescore_length_bonus else []
+    extras += [f"views {', '.join(ev.rescore_views)}"] if ev.rescore_views else []
+    return " rescored with " + " and ".join(terms) + (f" ({', '.join(extras)})" if extras else "")
 
 
 def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
@@ -97,14 +111,7 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "## Test (held-out fonts)",
         "",
         f"{test.get('lines')} lines, beam search with {cfg.eval.num_beams} beam(s)"
-        + (
-            f" rescored with the encoder's CTC (weight {cfg.eval.ctc_rescore}"
-            + (f", length bonus {cfg.eval.rescore_length_bonus:g}" if cfg.eval.rescore_length_bonus else "")
-            + (f", views {', '.join(cfg.eval.rescore_views)}" if cfg.eval.rescore_views else "")
-            + ")"
-            if cfg.eval.ctc_rescore
-            else ""
-        )
+        + _rescoring_words(cfg.eval)
         + ": "
         f"**CER {m.get('cer', nan):.4f}**, WER {m.get('wer', nan):.4f}, "
         f"mean similarity {m.get('mean_similarity', nan):.4f}, exact match {m.get('exact_match', nan):.3f}, "

@@ -38,6 +38,7 @@ from .data.reader import ReadResult, read_dataset
 from .errors import UserError
 from .evaluate import evaluate_bundle, metric_normalizer, write_report
 from .metrics import compute_metrics
+from .model.charlm import CharNgramLM
 from .model.ctc import ctc_loss, encoder_grid
 from .model.loading import ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage
@@ -273,6 +274,8 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
         )
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
+    if cfg.train.char_lm_order:
+        bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
     notes = _check_data(result, bundle, pretrained)
     check_special_tokens(bundle.model, bundle.tokenizer)
     args = _training_args(cfg, has_eval=bool(eval_samples), checkpoints=checkpoints, learning_rate=lr)

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderM
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import UserError
+from .charlm import CHAR_LM_FILE, CharNgramLM
 from .geometry import (
     encoder_image_size,
     line_image_processor,
@@ -48,6 +49,9 @@ class ModelBundle:
     model: VisionEncoderDecoderModel
     processor: TrOCRProcessor
     info: ModelInfo
+    # The training transcripts' character n-gram model (char_lm.json beside the checkpoint), for
+    # eval.lm_weight; None for checkpoints without one (hub models, train.char_lm_order=0).
+    char_lm: CharNgramLM | None = None
 
     @property
     def tokenizer(self) -> Any:
@@ -205,6 +209,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     bundle.model.save_pretrained(out)
     bundle.processor.save_pretrained(out)
     (out / INFO_FILE).write_text(json.dumps(asdict(bundle.info), indent=2), encoding="utf-8")
+    if bundle.char_lm is not None:
+        bundle.char_lm.save(out / CHAR_LM_FILE)
     return out
 
 
@@ -224,4 +230,6 @@ def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
     set_generation_budget(model, info.max_new_tokens)
     check_special_tokens(model, processor.tokenizer)
     model.eval()
-    return ModelBundle(model, processor, info)
+    lm_path = Path(name) / CHAR_LM_FILE
+    char_lm = CharNgramLM.load(lm_path) if lm_path.is_file() else None
+    return ModelBundle(model, processor, info, char_lm)

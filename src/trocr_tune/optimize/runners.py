@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..model.charlm import CharNgramLM
 from ..predict import Prediction, decode_predictions, sequence_end
 
 
@@ -32,12 +33,18 @@ def on_device(model: Any, device: torch.device) -> Any:
 
 @dataclass(frozen=True)
 class Rescoring:
-    """How `eval.ctc_rescore` picks among the beams (see EvalConfig)."""
+    """How `eval.ctc_rescore` / `eval.lm_weight` pick among the beams (see EvalConfig)."""
 
     ctc_weight: float = 0.0
     length_bonus: float = 0.0
     views: tuple[str, ...] = ()
     views_margin: float = float("inf")
+    lm_weight: float = 0.0
+    lm: CharNgramLM | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.ctc_weight > 0 or (self.lm is not None and self.lm_weight > 0)
 
 
 def decoder_log_likelihood(
@@ -91,14 +98,17 @@ class TorchRunner:
 
     def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
         kwargs = dict(kwargs)
+        lm_weight, lm = kwargs.pop("rescore_lm", (0.0, None))
         rescore = Rescoring(
             float(kwargs.pop("ctc_rescore", 0.0)),
             float(kwargs.pop("rescore_length_bonus", 0.0)),
             tuple(kwargs.pop("rescore_views", ())),
             float(kwargs.pop("rescore_views_margin", float("inf"))),
+            float(lm_weight),
+            lm,
         )
         beams = int(kwargs.get("num_beams", 1))
-        rescoring = rescore.ctc_weight > 0 and beams > 1
+        rescoring = rescore.active and beams > 1
         if rescoring:
             kwargs["num_return_sequences"] = beams
         with torch.inference_mode(), self._precision():
@@ -135,29 +145,47 @@ class TorchRunner:
     ) -> tuple[list[list[int]], torch.Tensor]:
         """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC
         (averaged over the image and its `how.views` where the two best are within
-        `how.views_margin`) + bonus x length."""
-        from ..model.ctc import ctc_log_likelihood
-
+        `how.views_margin`) + lm_weight x log p_LM(text) + bonus x length."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        w = how.ctc_weight
         tokens, decoder_logp = [], []
         for ids, logp in zip(rows, logprobs, strict=True):
             n_text, n_scored = sequence_end(ids, eos, pad)
             tokens.append(ids[:n_text])
             decoder_logp.append(float(logp[:n_scored].sum()))
-        ctc = ctc_log_likelihood(self.model, states, tokens, pad, rows_per_image=beams)
-        plain = ((1 - w) * torch.tensor(decoder_logp) + w * ctc).view(-1, beams)
-        bonus = how.length_bonus * torch.tensor([len(t) for t in tokens], dtype=torch.float32).view(-1, beams)
+        plain = self._optical(states, torch.tensor(decoder_logp), tokens, beams, how).view(-1, beams)
+        # The terms that do not look at the image: length bonus and language model.
+        prior = how.length_bonus * torch.tensor([len(t) for t in tokens], dtype=torch.float32).view(-1, beams)
+        if how.lm is not None and how.lm_weight > 0:
+            texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            lm = torch.tensor([how.lm.log_prob(t.strip()) for t in texts], dtype=torch.float32)
+            prior = prior + how.lm_weight * lm.view(-1, beams)
         if how.views:
             # Only images whose two best beams are within `views_margin` of each other: where one
             # reading is far ahead the views rarely change it, and each costs two passes.
-            top2 = (plain + bonus).topk(min(2, beams), dim=1).values
+            top2 = (plain + prior).topk(min(2, beams), dim=1).values
             unsure = torch.nonzero(top2[:, 0] - top2[:, -1] < how.views_margin).flatten()
             if len(unsure):
                 plain[unsure] = self._view_scores(pixels[unsure], plain[unsure], tokens, unsure, beams, how)
-        joint = plain + bonus
+        joint = plain + prior
         best = [g * beams + int(joint[g].argmax()) for g in range(joint.shape[0])]
         return [rows[i] for i in best], logprobs[best]
+
+    def _optical(
+        self,
+        states: torch.Tensor,
+        decoder_logp: torch.Tensor,
+        rows: list[list[int]],
+        beams: int,
+        how: Rescoring,
+    ) -> torch.Tensor:
+        """(1 - w) log p_decoder + w log p_CTC of each row (`beams` rows per image in `states`)."""
+        w = how.ctc_weight
+        if w == 0:
+            return decoder_logp
+        from ..model.ctc import ctc_log_likelihood
+
+        ctc = ctc_log_likelihood(self.model, states, rows, self.tokenizer.pad_token_id, rows_per_image=beams)
+        return (1 - w) * decoder_logp + w * ctc
 
     def _view_scores(
         self,
@@ -168,17 +196,14 @@ class TorchRunner:
         beams: int,
         how: Rescoring,
     ) -> torch.Tensor:
-        """The joint scores (images, beams) of `images` averaged with those on each view."""
-        from ..model.ctc import ctc_log_likelihood
+        """The optical scores (images, beams) of `images` averaged with those on each view."""
         from ..model.views import VIEWS
 
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        w = how.ctc_weight
         rows = [tokens[g * beams + k] for g in images.tolist() for k in range(beams)]
         total = joint.clone()
         for name in how.views:
             view = self.model.encoder(pixel_values=VIEWS[name](pixels)).last_hidden_state
-            score = (1 - w) * decoder_log_likelihood(self.model, view, rows, eos, pad, beams)
-            score += w * ctc_log_likelihood(self.model, view, rows, pad, rows_per_image=beams)
-            total += score.view(-1, beams)
+            decoder = decoder_log_likelihood(self.model, view, rows, eos, pad, beams)
+            total += self._optical(view, decoder, rows, beams, how).view(-1, beams)
         return total / (1 + len(how.views))

@@ -1,0 +1,92 @@
+"""A character n-gram language model of the training transcripts, for rescoring beams.
+
+HTR systems have long decoded with a character n-gram model of the training text beside the
+optical model (Kaldi and PyLaia recipes). Here it judges the hypotheses that beam search already
+found (`eval.lm_weight`, optimize/runners.py), so it costs one dictionary walk per hypothesis and
+no change to the checkpoint: plain Transformers loads the folder as before and ignores
+`char_lm.json`.
+
+Smoothing is interpolated Witten-Bell over whole lines (start padding, an end-of-line symbol):
+each context's own estimate is mixed with the next shorter context's in proportion to how many
+distinct characters followed it. Only the longest n-grams are stored; every shorter count is
+their marginal, because each position is counted at every order at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import UserError
+
+CHAR_LM_FILE = "char_lm.json"
+_FORMAT = "trocr-tune-char-ngram"
+_BOS, _EOS = "\x02", "\x03"
+
+
+class CharNgramLM:
+    """log p(line) under an interpolated Witten-Bell character n-gram model."""
+
+    def __init__(self, order: int, ngrams: dict[str, int]) -> None:
+        if order < 1:
+            raise UserError(f"a character n-gram model needs order >= 1, not {order}")
+        self.order = order
+        self.ngrams = ngrams
+        follow: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        for gram, count in ngrams.items():
+            # Every suffix of an n-gram is the same position counted at a lower order.
+            for k in range(len(gram)):
+                follow[gram[k:-1]][gram[-1]] += count
+        self._follow = dict(follow)
+        self._total = {h: sum(c.values()) for h, c in follow.items()}
+        chars = {g[-1] for g in ngrams}
+        self.vocab_size = len(chars | {_EOS})
+
+    @classmethod
+    def fit(cls, texts: Iterable[str], order: int = 5) -> CharNgramLM:
+        """Count the `order`-grams of `texts` (each a whole line)."""
+        if order < 1:
+            raise UserError(f"a character n-gram model needs order >= 1, not {order}")
+        grams: Counter[str] = Counter()
+        for text in texts:
+            padded = _BOS * (order - 1) + text + _EOS
+            grams.update(padded[i : i + order] for i in range(len(padded) - order + 1))
+        return cls(order, dict(grams))
+
+    def next_prob(self, history: str, ch: str) -> float:
+        """p(ch | the last order - 1 characters of history); characters never seen share one slot."""
+        p = 1.0 / (self.vocab_size + 1)
+        for k in range(len(history) + 1):
+            context = history[len(history) - k :]
+            follow = self._follow.get(context)
+            if follow is None:
+                break
+            distinct = len(follow)
+            p = (follow.get(ch, 0) + distinct * p) / (self._total[context] + distinct)
+        return p
+
+    def log_prob(self, text: str) -> float:
+        """Natural-log probability of `text` as a whole line (its end included)."""
+        padded = _BOS * (self.order - 1) + text + _EOS
+        n = self.order - 1
+        return sum(math.log(self.next_prob(padded[i - n : i], padded[i])) for i in range(n, len(padded)))
+
+    def save(self, path: str | Path) -> Path:
+        out = Path(path)
+        payload = {"format": _FORMAT, "version": 1, "order": self.order, "ngrams": self.ngrams}
+        out.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> CharNgramLM:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the character language model {path}: {exc}") from None
+        ngrams = raw.get("ngrams") if isinstance(raw, dict) else None
+        if not isinstance(ngrams, dict) or raw.get("format") != _FORMAT:
+            raise UserError(f"{path} is not a trocr-tune character language model")
+        return cls(int(raw["order"]), {str(k): int(v) for k, v in ngrams.items()})
