@@ -119,9 +119,9 @@ def test_lm_rescoring_picks_the_best_joint_score(tiny_run: Path) -> None:
         group = texts[4 * i : 4 * i + 4]
         assert pred.text in group
         assert joint[i, group.index(pred.text)] >= joint[i].max() - 1e-3
-    with pytest.raises(UserError, match=r"eval\.lm_weight needs a character language model"):
+    with pytest.raises(UserError, match=r"lm_fusion need a character language model"):
         generation_kwargs(replace(bundle, char_lm=None), cfg)
-    with pytest.raises(UserError, match=r"eval\.lm_weight must be >= 0"):
+    with pytest.raises(UserError, match=r"eval\.lm_weight and eval\.lm_fusion must be >= 0"):
         EvalConfig(num_beams=4, lm_weight=-1.0)
 
 
@@ -132,7 +132,7 @@ def test_lm_command_and_predict_with_the_lm(tiny_run: Path, words: Path, tmp_pat
     first_image = json.loads(words.read_text().splitlines()[0])["image"]
     missing = run_cli("predict", str(model), first_image, "--num-beams", "2", "--lm-weight", "0.5")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert "eval.lm_weight needs a character language model" in missing.stderr.strip().splitlines()[-1]
+    assert "need a character language model" in missing.stderr.strip().splitlines()[-1]
     built = run_cli("lm", str(model), "data.layout=manifest", f"data.root={words}", "--order", "3")
     assert built.returncode == 0, built.stderr[-2000:]
     assert "3-gram character model of" in built.stdout and (model / CHAR_LM_FILE).is_file()
@@ -140,3 +140,97 @@ def test_lm_command_and_predict_with_the_lm(tiny_run: Path, words: Path, tmp_pat
     read = run_cli("predict", str(model), first_image, "--num-beams", "2", "--lm-weight", "0.5")
     assert read.returncode == 0, read.stderr[-2000:]
     assert read.stdout.split("\t")[0] == first_image
+
+
+def test_next_log_probs_match_one_character_at_a_time() -> None:
+    from trocr_tune.model.charlm import END
+
+    symbols = [*sorted({c for t in TEXTS for c in t}), END, "ß"]
+    for order in (1, 2, 4):
+        lm = CharNgramLM.fit(TEXTS, order)
+        for text in ["", "J", "JUAN D", "QQQQ"]:
+            whole = lm.next_log_probs(text, symbols)
+            one_by_one = [lm.piece_log_prob(text, s) for s in symbols]
+            assert whole == pytest.approx(one_by_one, abs=1e-12)
+        line = "JUAN DIAZ"
+        steps = [lm.piece_log_prob(line[:i], line[i]) for i in range(len(line))]
+        assert sum(steps) + lm.piece_log_prob(line, END) == pytest.approx(lm.log_prob(line), abs=1e-9)
+
+
+def _pixels(tiny_run: Path, bundle, count: int) -> torch.Tensor:
+    from trocr_tune.data.dataset import LineDataset, collate
+    from trocr_tune.data.reader import read_dataset
+
+    samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:count]
+    dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer)
+    return collate([dataset[i] for i in range(count)])["pixel_values"]
+
+
+def test_lm_fusion_is_greedy_search_on_decoder_plus_weighted_lm(tiny_run: Path) -> None:
+    """eval.lm_fusion: every step takes argmax(log p_decoder + W log p_LM(token | text so far)),
+    and the confidences stay the decoder's own."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from trocr_tune.model.charlm import END
+    from trocr_tune.model.loading import load_bundle
+    from trocr_tune.optimize.runners import CharLMFusion, TorchRunner, decoder_log_likelihood
+    from trocr_tune.predict import generation_kwargs
+
+    bundle = load_bundle(tiny_run / "model")
+    model, tok, lm = bundle.model.eval(), bundle.tokenizer, bundle.char_lm
+    assert lm is not None
+    pixels = _pixels(tiny_run, bundle, 5)
+    weight = 3.0  # large, so the language model visibly changes the tiny model's readings
+    kwargs = generation_kwargs(bundle, EvalConfig(lm_fusion=weight))
+    fused = TorchRunner(model, tok, torch.device("cpu")).generate_batch(pixels, kwargs)
+    plain = TorchRunner(model, tok, torch.device("cpu")).generate_batch(
+        pixels, generation_kwargs(bundle, EvalConfig())
+    )
+    assert [p.text for p in fused] != [p.text for p in plain]
+
+    start, eos = model.config.decoder_start_token_id, tok.eos_token_id
+    piece = {v: tok.decode([v]) for v in range(len(tok)) if v not in tok.all_special_ids}
+    with torch.inference_mode():
+        states = model.encoder(pixel_values=pixels).last_hidden_state
+        for i, prediction in enumerate(fused):
+            ids, text = [start], ""
+            for _ in range(kwargs["max_length"] - 1):
+                logits = model(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=states[i : i + 1]),
+                    decoder_input_ids=torch.tensor([ids]),
+                ).logits[0, -1]
+                score = torch.log_softmax(logits.float(), -1)
+                lm_row = torch.full_like(score, lm.piece_log_prob(text, "\uffff"))
+                for v, p in piece.items():
+                    lm_row[v] = lm.piece_log_prob(text, p)
+                lm_row[eos] = lm.piece_log_prob(text, END)
+                best = int((score + weight * lm_row).argmax())
+                if best == eos:
+                    break
+                ids.append(best)
+                text += piece.get(best, "")
+            assert prediction.text == text.strip()
+            rows = [tok(prediction.text, add_special_tokens=False)["input_ids"]]
+            own = decoder_log_likelihood(model, states[i : i + 1], rows, eos, tok.pad_token_id)
+            assert prediction.confidence == pytest.approx(float(own[0]) / (len(rows[0]) + 1), abs=1e-4)
+    fusion = CharLMFusion(lm, weight, tok, start)
+    assert len(fusion.pieces) == len(tok) and fusion.pieces[eos] == END
+
+
+def test_lm_fusion_with_beams_and_rescoring_returns_one_of_its_beams(tiny_run: Path) -> None:
+    from trocr_tune.model.loading import load_bundle
+    from trocr_tune.optimize.runners import TorchRunner
+    from trocr_tune.predict import generation_kwargs
+
+    bundle = load_bundle(tiny_run / "model")
+    pixels = _pixels(tiny_run, bundle, 4)
+    runner = TorchRunner(bundle.model.eval(), bundle.tokenizer, torch.device("cpu"))
+
+    cfg = EvalConfig(num_beams=3, lm_weight=0.5, lm_fusion=0.5, rescore_length_bonus=1.0)
+    first = runner.generate_batch(pixels, generation_kwargs(bundle, cfg))
+    again = runner.generate_batch(pixels, generation_kwargs(bundle, cfg))  # from the table cache
+    assert [p.text for p in first] == [p.text for p in again]
+    assert runner._fusion is not None and len(runner._fusion.cache) > 0
+    assert all(p.confidence <= 0 for p in first)
+    with pytest.raises(UserError, match="lm_fusion must be >= 0"):
+        EvalConfig(lm_fusion=-0.1)

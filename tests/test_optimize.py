@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import VisionEncoderDecoderModel
 
 from trocr_tune.config import OptimizeConfig, load_config
+from trocr_tune.errors import UserError
 from trocr_tune.metrics import compute_metrics
 from trocr_tune.model.loading import load_bundle
 from trocr_tune.optimize import VARIANTS, load_runner
@@ -89,6 +90,9 @@ def test_onnx_greedy_equals_pytorch_greedy(bundle, images, baseline) -> None:
     ours, theirs = runner.generate_batch(pixels, kwargs), torch_runner.generate_batch(pixels, kwargs)
     for a, b in zip(ours, theirs, strict=True):
         assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-4)
+    # Its own greedy loop has no logits processors: a fused language model is refused, not ignored.
+    with pytest.raises(UserError, match="lm_fusion"):
+        runner.generate_batch(pixels, {**kwargs, "lm_fusion": (0.5, bundle.char_lm)})
 
 
 def test_onnx_int8_within_tolerance(bundle, images, baseline) -> None:

@@ -241,6 +241,11 @@ class EvalConfig:
     # `trocr-tune lm`) to every hypothesis's score and keep all num_beams of them, as ctc_rescore
     # does; works with or without ctc_rescore. 0 = no language model.
     lm_weight: float = 0.0
+    # Shallow fusion: add this weight x log p_LM(next character | the text so far) under the same
+    # model to the decoder's log-probabilities at every step of the search (greedy or beams), so
+    # readings the language model finds likely stay among the beams. Needs char_lm.json and a
+    # character tokenizer; the rescoring and the confidences still use the decoder's own scores.
+    lm_fusion: float = 0.0
     # With ctc_rescore or lm_weight: add this much per token to every hypothesis's joint score. The
     # log-likelihoods fall with each character read, so the joint score favours readings that drop
     # one; a bonus of ~1 per token evens that out (demo model: README).
@@ -263,8 +268,8 @@ class EvalConfig:
             raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
         if not 0.0 <= self.ctc_rescore <= 1.0:
             raise UserError("eval.ctc_rescore must be within [0, 1]")
-        if self.lm_weight < 0:
-            raise UserError("eval.lm_weight must be >= 0")
+        if self.lm_weight < 0 or self.lm_fusion < 0:
+            raise UserError("eval.lm_weight and eval.lm_fusion must be >= 0")
         if (self.rescore_length_bonus or self.rescore_views) and not (self.ctc_rescore or self.lm_weight):
             raise UserError(
                 "eval.rescore_length_bonus and eval.rescore_views need eval.ctc_rescore > 0 "

@@ -44,15 +44,18 @@ def generation_kwargs(
         "num_beams": cfg.num_beams,
         "do_sample": False,
     }
+    uses_lm = (cfg.lm_weight > 0 and cfg.num_beams > 1) or cfg.lm_fusion > 0
+    if uses_lm and bundle.char_lm is None:
+        raise UserError(
+            "eval.lm_weight and eval.lm_fusion need a character language model beside the checkpoint "
+            f"({CHAR_LM_FILE}): train with train.char_lm_order > 0, or build one with `trocr-tune lm`"
+        )
+    if cfg.lm_fusion > 0:  # read by the runner (a logits processor), not by generate
+        kwargs["lm_fusion"] = (cfg.lm_fusion, bundle.char_lm)
     if cfg.num_beams > 1:
         kwargs["length_penalty"] = cfg.length_penalty
         kwargs["early_stopping"] = True
         if cfg.lm_weight > 0:
-            if bundle.char_lm is None:
-                raise UserError(
-                    "eval.lm_weight needs a character language model beside the checkpoint "
-                    f"({CHAR_LM_FILE}): train with train.char_lm_order > 0, or build one with `trocr-tune lm`"
-                )
             kwargs["rescore_lm"] = (cfg.lm_weight, bundle.char_lm)
         if cfg.ctc_rescore > 0 or cfg.lm_weight > 0:  # read by the runner, not by generate
             kwargs["ctc_rescore"] = cfg.ctc_rescore

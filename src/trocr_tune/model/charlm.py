@@ -25,6 +25,7 @@ from ..errors import UserError
 CHAR_LM_FILE = "char_lm.json"
 _FORMAT = "trocr-tune-char-ngram"
 _BOS, _EOS = "\x02", "\x03"
+END = _EOS  # the symbol that ends a line (what an end-of-sequence token stands for)
 
 
 class CharNgramLM:
@@ -67,6 +68,36 @@ class CharNgramLM:
             distinct = len(follow)
             p = (follow.get(ch, 0) + distinct * p) / (self._total[context] + distinct)
         return p
+
+    def next_log_probs(self, text: str, symbols: list[str]) -> list[float]:
+        """log p(s | text so far) for every one-character s in `symbols`, in one walk of the contexts
+        (the same values as `next_prob`, for a whole vocabulary at once)."""
+        n = self.order - 1
+        history = (_BOS * n + text)[len(text) :] if n else ""
+        index = {s: i for i, s in enumerate(symbols)}
+        p = [1.0 / (self.vocab_size + 1)] * len(symbols)
+        for k in range(n + 1):
+            context = history[n - k :]
+            follow = self._follow.get(context)
+            if follow is None:
+                break
+            distinct, total = len(follow), self._total[context]
+            counts = [0] * len(symbols)
+            for ch, c in follow.items():
+                i = index.get(ch)
+                if i is not None:
+                    counts[i] = c
+            p = [(c + distinct * q) / (total + distinct) for c, q in zip(counts, p, strict=True)]
+        return [math.log(q) for q in p]
+
+    def piece_log_prob(self, text: str, piece: str) -> float:
+        """log p(piece | text so far), the characters of `piece` one after the other."""
+        n, total = self.order - 1, 0.0
+        context = _BOS * n + text
+        for ch in piece:
+            total += math.log(self.next_prob(context[len(context) - n :] if n else "", ch))
+            context += ch
+        return total
 
     def log_prob(self, text: str) -> float:
         """Natural-log probability of `text` as a whole line (its end included)."""

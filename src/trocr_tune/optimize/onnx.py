@@ -228,6 +228,8 @@ class OnnxRunner:
     def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
         if kwargs.get("num_beams", 1) != 1:
             raise UserError("the onnx variants decode greedily (eval.num_beams=1)")
+        if "lm_fusion" in kwargs:
+            raise UserError("the onnx variants decode without a language model (eval.lm_fusion=0)")
         steps = int(kwargs["max_length"]) - 1
         pixels = pixel_values.detach().cpu().float().numpy()
         cross = dict(zip(self.cross_names, self.encoder.run(None, {"pixel_values": pixels}), strict=True))

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..errors import UserError
 from ..model.charlm import CharNgramLM
 from ..predict import Prediction, decode_predictions, sequence_end
 
@@ -54,10 +55,13 @@ def decoder_log_likelihood(
     eos: int,
     pad: int,
     rows_per_image: int = 1,
+    per_token: bool = False,
 ) -> torch.Tensor:
     """log p_decoder(row + eos | image) of each token row, teacher-forced in one decoder pass.
 
     `encoder_states` holds one image per `rows_per_image` consecutive rows (e.g. its beams).
+    With `per_token`, the (rows, longest row + 1) log-probabilities of each token and the eos,
+    0 beyond, instead of their sums.
     """
     longest = max(len(r) for r in rows) + 1
     targets = torch.full((len(rows), longest), pad, dtype=torch.long)
@@ -74,7 +78,59 @@ def decoder_log_likelihood(
         encoder_outputs=BaseModelOutput(last_hidden_state=states), decoder_input_ids=decoder_input
     ).logits
     logp = torch.log_softmax(logits.float(), dim=-1).cpu().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp * scored).sum(dim=-1)
+    return logp * scored if per_token else (logp * scored).sum(dim=-1)
+
+
+class CharLMFusion:
+    """Logits processor for shallow fusion: adds weight x log p_LM(token | the text so far) to the
+    decoder's log-probabilities at every step of greedy or beam search (`eval.lm_fusion`).
+
+    The table of one (order - 1)-token history serves every beam and image that reaches it again;
+    the cache is emptied when it holds `max_cached` of them.
+    """
+
+    def __init__(
+        self, lm: CharNgramLM, weight: float, tokenizer: Any, start_id: int, max_cached: int = 200_000
+    ) -> None:
+        from ..model.charlm import END
+
+        self.lm, self.weight, self.start, self.max_cached = lm, weight, start_id, max_cached
+        specials = set(tokenizer.all_special_ids)
+        # What each token writes: eos ends the line; other special tokens write nothing the
+        # model knows, so they get the probability of an unseen character.
+        self.pieces = [
+            END if v == tokenizer.eos_token_id else (None if v in specials else tokenizer.decode([v]) or None)
+            for v in range(len(tokenizer))
+        ]
+        if sum(len(p) > 1 for p in self.pieces if p) > len(self.pieces) // 2:
+            raise UserError(
+                "eval.lm_fusion needs a character tokenizer (the trocr-tune presets'); "
+                "eval.lm_weight works with any"
+            )
+        self.cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _table(self, key: tuple[int, ...], width: int) -> torch.Tensor:
+        text = "".join(self.pieces[i] or "" for i in key if i != self.start and i < len(self.pieces))
+        singles = [(v, p) for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
+        row = torch.full((width,), self.lm.piece_log_prob(text, "\uffff"), dtype=torch.float32)
+        row[[v for v, _ in singles]] = torch.tensor(self.lm.next_log_probs(text, [p for _, p in singles]))
+        for v, piece in enumerate(self.pieces):
+            if piece is not None and len(piece) > 1:
+                row[v] = self.lm.piece_log_prob(text, piece)
+        return self.weight * row
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n = self.lm.order - 1
+        keys = [tuple(r) for r in input_ids[:, -n:].tolist()] if n else [()] * len(scores)
+        if len(self.cache) > self.max_cached:
+            self.cache.clear()
+        rows = []
+        for key in keys:
+            row = self.cache.get(key)
+            if row is None:
+                row = self.cache[key] = self._table(key, scores.shape[-1])
+            rows.append(row)
+        return scores + torch.stack(rows).to(scores.device, scores.dtype)
 
 
 class TorchRunner:
@@ -87,6 +143,14 @@ class TorchRunner:
         self.tokenizer = tokenizer
         self.device = device
         self.autocast = autocast
+        self._fusion: CharLMFusion | None = None
+
+    def _fusion_for(self, lm: CharNgramLM, weight: float) -> CharLMFusion:
+        """One fusion processor (and table cache) per language model and weight."""
+        if self._fusion is None or self._fusion.lm is not lm or self._fusion.weight != weight:
+            start = self.model.config.decoder_start_token_id
+            self._fusion = CharLMFusion(lm, weight, self.tokenizer, start)
+        return self._fusion
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
@@ -107,13 +171,19 @@ class TorchRunner:
             float(lm_weight),
             lm,
         )
+        fusion_weight, fusion_lm = kwargs.pop("lm_fusion", (0.0, None))
+        fused = fusion_lm is not None and fusion_weight > 0
+        if fused:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([self._fusion_for(fusion_lm, fusion_weight)])
         beams = int(kwargs.get("num_beams", 1))
         rescoring = rescore.active and beams > 1
         if rescoring:
             kwargs["num_return_sequences"] = beams
         with torch.inference_mode(), self._precision():
             pixels = pixel_values.to(self.device)
-            if rescoring:
+            if rescoring or fused:
                 # The encoder runs once: generate decodes from its output and the CTC reads it.
                 states = self.model.encoder(pixel_values=pixels).last_hidden_state
                 inputs: dict[str, Any] = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
@@ -130,9 +200,28 @@ class TorchRunner:
             )
             generated = out.sequences[:, -scores.shape[1] :].tolist()
             logprobs = scores.float().cpu()
+            if fused:
+                # The search's scores include the language model: put the decoder's own back, so
+                # rescoring and confidences mean what they mean without fusion.
+                per_image = beams if rescoring else 1
+                logprobs = self._decoder_token_logprobs(states, generated, logprobs.shape[1], per_image)
             if rescoring:
                 generated, logprobs = self._rescore(pixels, states, generated, logprobs, beams, rescore)
         return decode_predictions(self.tokenizer, generated, logprobs)
+
+    def _decoder_token_logprobs(
+        self, states: torch.Tensor, generated: list[list[int]], width: int, rows_per_image: int
+    ) -> torch.Tensor:
+        """Teacher-forced decoder log-probability of each generated token (its eos included)."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        ends = [sequence_end(ids, eos, pad) for ids in generated]
+        rows = [ids[:n_text] for ids, (n_text, _) in zip(generated, ends, strict=True)]
+        per_token = decoder_log_likelihood(self.model, states, rows, eos, pad, rows_per_image, per_token=True)
+        out = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, (_, n_scored) in enumerate(ends):
+            k = min(n_scored, width, per_token.shape[1])
+            out[i, :k] = per_token[i, :k]
+        return out
 
     def _rescore(
         self,
