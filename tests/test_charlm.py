@@ -137,7 +137,9 @@ def test_lm_command_and_predict_with_the_lm(tiny_run: Path, words: Path, tmp_pat
     assert built.returncode == 0, built.stderr[-2000:]
     assert "3-gram character model of" in built.stdout and (model / CHAR_LM_FILE).is_file()
     assert CharNgramLM.load(model / CHAR_LM_FILE).order == 3
-    read = run_cli("predict", str(model), first_image, "--num-beams", "2", "--lm-weight", "0.5")
+    read = run_cli(
+        "predict", str(model), first_image, "--num-beams", "2", "--lm-weight", "0.5", "--lm-fusion", "0.5"
+    )
     assert read.returncode == 0, read.stderr[-2000:]
     assert read.stdout.split("\t")[0] == first_image
 

@@ -90,5 +90,8 @@ def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) 
         assert f"]({image})" in report
     # A one-minute budget has no time to compile: the report says so instead of dropping the row.
     assert "compile-default" not in names and "Not in the table: compile-default: not run" in report
+    # The test stage names how it decoded: the language model in the search and the rescoring terms.
+    assert "character n-gram model fused into the search (weight 0.25)" in report
+    assert "rescored with the encoder's CTC (weight 0.5) and that character n-gram model" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_cer"] >= 0 and summary["seed"] == 0 and summary["train_steps"] > 0

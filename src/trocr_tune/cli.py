@@ -317,7 +317,9 @@ def evaluate_command(
     eval.rescore_views (test-time views: pad-x, pad-y, thicker, thinner, blur) where the two best
     beams are within eval.rescore_views_margin, plus eval.lm_weight x the log-probability under
     the training transcripts' character n-gram model (MODEL/char_lm.json: train.char_lm_order or
-    `trocr-tune lm`) and eval.rescore_length_bonus per token. CONFIG_HELP
+    `trocr-tune lm`) and eval.rescore_length_bonus per token. eval.lm_fusion=W adds W x that
+    model's log-probability of each next character to every step of the search (shallow fusion;
+    character tokenizers). CONFIG_HELP
     """
     from .data.reader import read_dataset
     from .evaluate import evaluate_bundle, print_report, write_report
@@ -363,6 +365,14 @@ def evaluate_command(
     "transcripts' character n-gram model, to each beam's score (the demo uses 0.25).",
 )
 @click.option(
+    "--lm-fusion",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Add W x log p(next character | text so far) under MODEL/char_lm.json to every step of the "
+    "search, greedy or beams (shallow fusion; the demo uses 0.25).",
+)
+@click.option(
     "--length-bonus",
     default=0.0,
     show_default=True,
@@ -384,6 +394,7 @@ def predict_command(
     num_beams: int,
     ctc_rescore: float,
     lm_weight: float,
+    lm_fusion: float,
     length_bonus: float,
     shard: str | None,
     device: str,
@@ -407,6 +418,7 @@ def predict_command(
         num_beams=num_beams,
         ctc_rescore=ctc_rescore,
         lm_weight=lm_weight,
+        lm_fusion=lm_fusion,
         rescore_length_bonus=length_bonus,
     )
     predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)

@@ -46,17 +46,24 @@ def prediction_grid(predictions_csv: Path, out: Path, count: int = 16, seed: int
 
 
 def _rescoring_words(ev: EvalConfig) -> str:
-    """' rescored with ...' naming every term that picks among the beams (empty without any)."""
+    """' with ... rescored with ...': the language model in the search and every term that picks
+    among the beams (empty without any)."""
+    words = ""
+    if ev.lm_fusion:
+        words += (
+            ", the training transcripts' character n-gram model fused into the search "
+            f"(weight {ev.lm_fusion:g})"
+        )
     terms = []
     if ev.ctc_rescore:
         terms.append(f"the encoder's CTC (weight {ev.ctc_rescore:g})")
     if ev.lm_weight:
-        terms.append(f"a character n-gram model of the training transcripts (weight {ev.lm_weight:g})")
+        terms.append(f"that character n-gram model (weight {ev.lm_weight:g})")
     if not terms or ev.num_beams < 2:
-        return ""
+        return words
     extras = [f"length bonus {ev.rescore_length_bonus:g}"] if ev.rescore_length_bonus else []
     extras += [f"views {', '.join(ev.rescore_views)}"] if ev.rescore_views else []
-    return " rescored with " + " and ".join(terms) + (f" ({', '.join(extras)})" if extras else "")
+    return words + ", rescored with " + " and ".join(terms) + (f" ({', '.join(extras)})" if extras else "")
 
 
 def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
