@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
@@ -102,21 +102,24 @@ class CharLMFusion:
             END if v == tokenizer.eos_token_id else (None if v in specials else tokenizer.decode([v]) or None)
             for v in range(len(tokenizer))
         ]
-        if sum(len(p) > 1 for p in self.pieces if p) > len(self.pieces) // 2:
+        self.multi = [(v, p) for v, p in enumerate(self.pieces) if p is not None and len(p) > 1]
+        if len(self.multi) > len(self.pieces) // 2:
             raise UserError(
                 "eval.lm_fusion needs a character tokenizer (the trocr-tune presets'); "
                 "eval.lm_weight works with any"
             )
+        self.single_ids = [v for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
+        self.single_chars = [cast(str, self.pieces[v]) for v in self.single_ids]
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _table(self, key: tuple[int, ...], width: int) -> torch.Tensor:
         text = "".join(self.pieces[i] or "" for i in key if i != self.start and i < len(self.pieces))
-        singles = [(v, p) for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
+        # Tokens the model has no character for (and vocabulary rows past the tokenizer) count as
+        # an unseen character.
         row = torch.full((width,), self.lm.piece_log_prob(text, "\uffff"), dtype=torch.float32)
-        row[[v for v, _ in singles]] = torch.tensor(self.lm.next_log_probs(text, [p for _, p in singles]))
-        for v, piece in enumerate(self.pieces):
-            if piece is not None and len(piece) > 1:
-                row[v] = self.lm.piece_log_prob(text, piece)
+        row[self.single_ids] = torch.tensor(self.lm.next_log_probs(text, self.single_chars))
+        for v, piece in self.multi:
+            row[v] = self.lm.piece_log_prob(text, piece)
         return self.weight * row
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
