@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
-from tokenizers import ByteLevelBPETokenizer, processors
+from tokenizers import ByteLevelBPETokenizer, SentencePieceUnigramTokenizer, processors, trainers
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
@@ -15,21 +16,33 @@ from transformers import (
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
     ViTConfig,
+    XLMRobertaTokenizer,
 )
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+from trocr_tune.model.geometry import line_image_processor
+from trocr_tune.model.presets import build_preset_model
+from trocr_tune.model.tokenizer import build_char_tokenizer
 
 WORDS = ["uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve", "diez", "once", "doce"]
 
 
-def build_roberta_style_checkpoint(path: Path, image_size: int = 64) -> Path:
+def build_roberta_style_checkpoint(path: Path, image_size: int = 64, all_bytes: bool = True) -> Path:
     """A tiny checkpoint shaped like microsoft/trocr-*: byte-level BPE tokenizer whose
     `tokenizer(text)` adds <s> ... </s> (<s>=0, <pad>=1, </s>=2), decoder start token 2, a ViT
-    encoder with a square image size and a ViT image processor; saved with save_pretrained."""
+    encoder with a square image size and a ViT image processor; saved with save_pretrained.
+    all_bytes=False leaves the bytes the corpus lacks out of the vocabulary (RoBERTa has all 256),
+    so characters such as ' or q cannot be encoded."""
     bpe = ByteLevelBPETokenizer()
     corpus = [" ".join(WORDS)] * 20 + ["el rey don rodrigo de la çibdad", "Hola señor niño 1987"] * 10
-    bpe.train_from_iterator(
-        corpus, vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    )
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    if all_bytes:
+        bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1, special_tokens=special)
+    else:
+        trainer = trainers.BpeTrainer(
+            vocab_size=300, min_frequency=1, special_tokens=special, initial_alphabet=[], show_progress=False
+        )
+        bpe._tokenizer.train_from_iterator(corpus, trainer)
     bpe.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
@@ -42,6 +55,37 @@ def build_roberta_style_checkpoint(path: Path, image_size: int = 64) -> Path:
         mask_token="<mask>",
     )
     assert tokenizer("uno")["input_ids"][0] == 0  # like RoBERTa: a leading <s> (the trap)
+    return _save_vit_trocr(path, tokenizer, image_size)
+
+
+def build_xlmr_style_checkpoint(path: Path, image_size: int = 64) -> Path:
+    """A tiny checkpoint shaped like microsoft/trocr-small-*: an XLM-R sentencepiece (Unigram)
+    tokenizer trained on a small corpus (so ñ, ç, ' and q map to <unk>), and a decoder whose
+    output projection is NOT tied to its embedding."""
+    corpus = [" ".join(WORDS)] * 20 + ["el rey don rodrigo de la cibdad", "Hola senor nino 1987"] * 10
+    unigram = SentencePieceUnigramTokenizer()
+    special = ["<s>", "<pad>", "</s>", "<unk>"]
+    unigram.train_from_iterator(
+        corpus, vocab_size=120, special_tokens=special, unk_token="<unk>", show_progress=False
+    )
+    pieces = [tuple(p) for p in json.loads(unigram._tokenizer.to_str())["model"]["vocab"]]
+    tokenizer = XLMRobertaTokenizer(vocab=[*pieces, ("<mask>", 0.0)])
+    assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3]) == special
+    return _save_vit_trocr(path, tokenizer, image_size, tied=False)
+
+
+def build_char_checkpoint(path: Path, texts: list[str], height: int = 32, width: int = 64) -> Path:
+    """A tiny trocr-tune preset checkpoint (character tokenizer of `texts`, line geometry)."""
+    tokenizer = build_char_tokenizer(texts)
+    special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
+    build_preset_model("tiny", len(tokenizer), height, width, 64, special).save_pretrained(path)
+    TrOCRProcessor(image_processor=line_image_processor(height, width), tokenizer=tokenizer).save_pretrained(
+        path
+    )
+    return path
+
+
+def _save_vit_trocr(path: Path, tokenizer: Any, image_size: int, tied: bool = True) -> Path:
     encoder = ViTConfig(
         hidden_size=32,
         num_hidden_layers=1,
@@ -63,6 +107,7 @@ def build_roberta_style_checkpoint(path: Path, image_size: int = 64) -> Path:
         decoder_start_token_id=2,
         is_decoder=True,
         add_cross_attention=True,
+        tie_word_embeddings=tied,
     )
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
     model = VisionEncoderDecoderModel(config=config)

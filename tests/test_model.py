@@ -175,6 +175,7 @@ def test_pretrained_tokenizer_that_cannot_encode_training_labels_errors(
             f"model.name_or_path={bundle_dir}",
             "model.image_height=32",
             "model.image_width=64",
+            "model.new_characters=fail",  # the default, union, adds them (tests/test_alphabet.py)
             f"train.output_dir={tmp_path / 'run'}",
         ],
     )

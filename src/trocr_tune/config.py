@@ -19,6 +19,7 @@ import yaml
 from .errors import UserError
 
 SPLITS = ("train", "validation", "test")
+NEW_CHARACTERS = ("union", "new", "fail")
 
 
 def _one_of(key: str, value: object, choices: typing.Iterable[object]) -> None:
@@ -118,9 +119,15 @@ class ModelConfig:
     dropout: float = 0.1
     # Generation budget; null = longest label of the data (in tokens) + 10%.
     max_new_tokens: int | None = None
+    # Training characters a model.name_or_path tokenizer cannot encode (a preset's tokenizer is
+    # built from the data): union adds them as new tokens, new (character tokenizers) keeps
+    # exactly the data's characters, fail stops with the list (model/alphabet.py).
+    # union by default: users want training to go on and keep all the checkpoint reads; new ones are learned.
+    new_characters: str = "union"
 
     def __post_init__(self) -> None:
         _one_of("model.geometry", self.geometry, ("processor", "line", "reference"))
+        _one_of("model.new_characters", self.new_characters, NEW_CHARACTERS)
         if self.name_or_path and self.preset:
             raise UserError(
                 "set either model.name_or_path (a pretrained checkpoint) or model.preset, not both"

@@ -277,6 +277,11 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
     notes = _check_data(result, bundle, pretrained)
+    alphabet = cast(dict[str, Any], bundle.info.extra.get("alphabet", {}))
+    if alphabet.get("added") or alphabet.get("removed"):  # model.new_characters changed the tokenizer
+        notes.insert(0, f"alphabet: {alphabet['summary']}")
+        if probe_args.process_index == 0:
+            print(notes[0], flush=True)
     check_special_tokens(bundle.model, bundle.tokenizer)
     args = _training_args(cfg, has_eval=bool(eval_samples), checkpoints=checkpoints, learning_rate=lr)
     train_set = LineDataset(

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderM
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import UserError
+from .alphabet import adapt_alphabet
 from .charlm import CHAR_LM_FILE, CharNgramLM
 from .geometry import (
     encoder_image_size,
@@ -156,6 +157,7 @@ def _load_pretrained(name: str) -> tuple[VisionEncoderDecoderModel, TrOCRProcess
 def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: Sequence[str]) -> ModelBundle:
     """The model to fine-tune: a pretrained checkpoint adapted to the geometry, or a fresh preset."""
     height, width = target_size(cfg.geometry, cfg.image_height, cfg.image_width)
+    extra: dict[str, object] = {}
     if cfg.preset:
         tokenizer = build_char_tokenizer(train_texts)
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
@@ -176,6 +178,8 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         source = f"preset:{cfg.preset}"
     elif cfg.name_or_path:
         model, processor = _load_pretrained(cfg.name_or_path)
+        # Before the token budget: adapting the alphabet can change label lengths in tokens.
+        extra["alphabet"] = adapt_alphabet(model, processor, train_texts, cfg.new_characters).as_dict()
         tokenizer = processor.tokenizer
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
         if cfg.geometry != "processor":
@@ -198,7 +202,7 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         )
     resolve_special_tokens(model, processor.tokenizer)
     set_generation_budget(model, max_new)
-    info = ModelInfo(source, cfg.geometry, height, width, max_new)
+    info = ModelInfo(source, cfg.geometry, height, width, max_new, extra=extra)
     return ModelBundle(model, processor, info)
 
 
