@@ -176,7 +176,7 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     "--kinds",
     default=None,
     help="Text kinds and weights, e.g. name=3,date=1 "
-    "(kinds: name, word_es, word_en, phrase_es, phrase_en, date, amount).",
+    "(kinds: name, word_es, word_en, phrase_es, phrase_en, date, amount, corpus).",
 )
 @click.option(
     "--print-fonts/--no-print-fonts",
@@ -191,6 +191,20 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Share of the training and validation font lines drawn in the printed fonts.",
+)
+@click.option(
+    "--corpus",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="UTF-8 text file, one line of text per line (e.g. your own transcriptions): adds the text "
+    "kind 'corpus' and, without --kinds, draws every font line from it.",
+)
+@click.option(
+    "--styles",
+    default=None,
+    help="Scan styles and weights, e.g. form=2,letter=2,parchment=1,plain=1 (form: spaced capitals, "
+    "field labels and rules; letter: cursive, ruled paper, neighbouring lines; parchment: old "
+    "stained paper); every styled line gets scanner noise and JPEG artefacts.",
 )
 @click.option(
     "--workers",
@@ -210,6 +224,8 @@ def data_synth(
     kinds: str | None,
     print_fonts: bool,
     print_share: float,
+    corpus: Path | None,
+    styles: str | None,
     workers: int | None,
 ) -> None:
     """Render synthetic handwriting lines in the manifest layout (offline, reproducible).
@@ -224,6 +240,7 @@ def data_synth(
     import os
 
     from .data.synth import synthesize
+    from .data.synth_scan import parse_styles
 
     weights = None
     if kinds:
@@ -243,6 +260,8 @@ def data_synth(
         digits_fraction=digits_fraction,
         print_fonts=print_fonts,
         print_share=print_share,
+        corpus=corpus,
+        styles=parse_styles(styles),
         workers=workers or os.cpu_count() or 1,
     )
     total = sum(report.counts.values())
@@ -252,9 +271,114 @@ def data_synth(
     )
     for split, fonts in report.fonts.items():
         click.echo(f"  {split} fonts: {', '.join(fonts)}")
+    if report.styles:
+        click.echo("  styles: " + ", ".join(f"{k} {v}" for k, v in sorted(report.styles.items())))
+    if report.uncovered_chars:
+        click.echo(f"  no font draws: {' '.join(repr(c) for c in report.uncovered_chars)}")
     for note in report.notes:
         click.echo(f"note: {note}")
     click.echo(f"manifest: {report.manifest}")
+
+
+@data.command("export", epilog=_layouts_help())
+@click.argument("args", nargs=-1)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write (images/ + manifest.jsonl).",
+)
+@click.option(
+    "--height",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Scale taller line images down to this height (0 keeps them).",
+)
+@click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+def data_export(args: tuple[str, ...], out: Path, height: int, image_format: str) -> None:
+    """Export a dataset's cleaned, split lines as grey line images + manifest.jsonl.
+
+    Pages are cropped into lines and every split and group key (manuscript, writer, page) is kept,
+    so data.layout=manifest data.root=OUT/manifest.jsonl reads exactly the same samples. CONFIG_HELP
+    """
+    from .data.export import export_dataset
+
+    cfg = config_from_args(args)
+    counts = export_dataset(cfg.data, out, height or None, image_format)
+    click.echo(", ".join(f"{k} {v}" for k, v in counts.items()) + f" -> {out / 'manifest.jsonl'}")
+
+
+data_export.help = (data_export.help or "").replace("CONFIG_HELP", CONFIG_HELP)
+
+
+@data.command("pretrain-set")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write (real/, synth/, corpus.txt, manifest.jsonl).",
+)
+@click.option(
+    "--real",
+    "real",
+    type=(click.Path(dir_okay=False, exists=True, path_type=Path), str),
+    multiple=True,
+    help="A real corpus: its recipe (YAML) and its data.root, e.g. "
+    "--real configs/htromance-alto.yaml PATH/htromance-spain. Repeatable. Its training split is "
+    "trained on, its validation split validates, its test split is never read.",
+)
+@click.option("--synth-lines", default=60000, show_default=True, type=click.IntRange(min=0))
+@click.option("--real-repeat", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--height", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="Rendering processes.")
+def data_pretrain_set(
+    out: Path,
+    real: tuple[tuple[Path, str], ...],
+    synth_lines: int,
+    real_repeat: int,
+    height: int,
+    seed: int,
+    workers: int | None,
+) -> None:
+    """Build a base model's pretraining set: real training lines + scan-style synthetic lines.
+
+    The synthetic lines draw the real training transcriptions and built-in phrases, names,
+    dates and amounts in every installed font, in the form / letter / parchment scan styles.
+    Train on it with configs/pretrain-base.yaml (data.root=OUT/manifest.jsonl).
+    """
+    import os
+
+    from .data.pretrain_set import build_pretraining_set
+
+    sources = []
+    for recipe, root in real:
+        cfg = load_config(recipe, [f"data.root={root}"])
+        sources.append((recipe.stem, cfg.data))
+    report = build_pretraining_set(
+        out,
+        sources,
+        synth_lines,
+        seed=seed,
+        height=height,
+        real_repeat=real_repeat,
+        workers=workers or os.cpu_count() or 1,
+        progress=click.echo,
+    )
+    for name, counts in report.real.items():
+        click.echo(f"  real {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if report.synth:
+        click.echo("  synthetic: " + ", ".join(f"{k} {v}" for k, v in report.synth.items()))
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    click.echo(
+        "manifest: "
+        + str(report.manifest)
+        + " ("
+        + ", ".join(f"{k} {v}" for k, v in report.records.items())
+        + ")"
+    )
 
 
 @cli.command("train")
@@ -617,31 +741,51 @@ def benchmark_command(
     "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Data and training seed."
 )
 @click.option(
+    "--synthetic",
+    is_flag=True,
+    help="The synthetic-font demo instead: render font lines and train from scratch "
+    "(configs/demo-synthetic.yaml).",
+)
+@click.option(
     "--lines",
     default=None,
     type=click.IntRange(min=100),
-    help="Synthetic lines to render (default: scales with --minutes, 40,000 at 15).",
+    help="With --synthetic: lines to render (default: scales with --minutes, 40,000 at 15).",
 )
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def demo_command(minutes: float, out: Path, seed: int, lines: int | None, overrides: tuple[str, ...]) -> None:
-    """The whole mission offline on CPU: synthesize -> train -> evaluate -> optimize -> benchmark -> report.
+def demo_command(
+    minutes: float, out: Path, seed: int, synthetic: bool, lines: int | None, overrides: tuple[str, ...]
+) -> None:
+    """The whole mission offline on CPU: data -> fine-tune -> evaluate -> optimize -> benchmark -> report.
 
-    Renders synthetic handwriting (training fonts and held-out test fonts), trains a compact TrOCR
-    from scratch (the embedded recipe, also in configs/demo.yaml; KEY=VALUE overrides it) within
-    the budget, evaluates it on the held-out fonts, prunes it with a short fine-tune, benchmarks
-    the CPU variants and writes OUT/report.md. Ctrl-C leaves a resumable run: the same command
-    continues from the last finished stage (training from its last checkpoint).
+    Fine-tunes the shipped base (trocr-tune/base-htr) on real handwritten lines embedded in the
+    package (Testaments de Poilus, CC-BY 4.0) with the embedded recipe (configs/demo.yaml;
+    KEY=VALUE overrides it) within the budget, evaluates it on two hands that neither the base
+    nor the fine-tuning saw (and the base before fine-tuning on the same lines), prunes it with a
+    short fine-tune, benchmarks the CPU variants and writes OUT/report.md. Ctrl-C leaves a
+    resumable run: the same command continues from the last finished stage (training from its
+    last checkpoint).
     """
     from .demo import DemoSettings, run_demo
 
     stray = [o for o in overrides if "=" not in o]
     if stray:
         raise UserError(f"expected KEY=VALUE overrides, got {stray[0]!r}")
-    summary = run_demo(DemoSettings(minutes=minutes, out=out, seed=seed, lines=lines), list(overrides))
+    if lines is not None and not synthetic:
+        raise UserError("--lines sets the synthetic demo's lines: add --synthetic")
+    data = "synthetic" if synthetic else "real"
+    settings = DemoSettings(minutes=minutes, out=out, seed=seed, lines=lines, data=data)
+    summary = run_demo(settings, list(overrides))
     click.echo("")
     click.echo(summary["table"])
+    held = "held-out-font" if synthetic else "held-out-hand"
+    base = (
+        f" (the base before fine-tuning: {summary['base_test_cer']:.4f})"
+        if "base_test_cer" in summary
+        else ""
+    )
     click.echo(
-        f"held-out-font test CER {summary['test_cer']:.4f} after {summary['total_seconds'] / 60:.1f} min; "
+        f"{held} test CER {summary['test_cer']:.4f}{base} after {summary['total_seconds'] / 60:.1f} min; "
         f"report: {out / 'report.md'}"
     )
 

@@ -105,7 +105,8 @@ class DataConfig:
 class ModelConfig:
     """Which model to start from and the input geometry it sees."""
 
-    # Hub id (e.g. microsoft/trocr-base-handwritten) or local directory of a checkpoint.
+    # Hub id (e.g. microsoft/trocr-base-handwritten), local directory of a checkpoint, or a model
+    # shipped with trocr-tune (model/loading.py BUILTIN_MODELS: trocr-tune/base-htr).
     name_or_path: str | None = None
     # From-scratch architecture (a name in model/presets.py's PRESETS) with a character tokenizer
     # built from the data.

@@ -24,8 +24,10 @@ def preview_processor(cfg: Config) -> Any:
     if cfg.model.name_or_path:
         from transformers import TrOCRProcessor
 
+        from .model.loading import resolve_model_name
+
         try:
-            return TrOCRProcessor.from_pretrained(cfg.model.name_or_path).image_processor
+            return TrOCRProcessor.from_pretrained(resolve_model_name(cfg.model.name_or_path)).image_processor
         except OSError as exc:
             raise UserError(f"cannot load the processor of {cfg.model.name_or_path!r}: {exc}") from None
     return stretch_image_processor(height, width)

@@ -22,7 +22,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UserError
-from .synth_text import DEFAULT_KIND_WEIGHTS, kind_table, sample_kind_and_text
+from .synth_scan import (
+    FIELD_LABELS,
+    STYLES,
+    add_label,
+    add_neighbours,
+    add_rules,
+    jpeg,
+    paper_and_ink,
+    parse_styles,
+    pick_style,
+)
+from .synth_text import DEFAULT_KIND_WEIGHTS, kind_table, load_text_corpus, sample_kind_and_text
 
 # Font slug -> the fontpkg distribution module that ships its TTF(s) plus a metadata.json.
 FONT_PACKAGES: dict[str, str] = {
@@ -175,18 +186,23 @@ def paste_glyph(
         np.maximum(region, patch[y0 - top : y1 - top, x0 - left : x1 - left], out=region)
 
 
-def layout_font_line(text: str, font_path: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Ink coverage (uint8) of `text` drawn glyph by glyph with jitter and baseline wobble."""
+def layout_font_line(
+    text: str, font_path: str, size: int, rng: np.random.Generator, extra_tracking: float = 0.0
+) -> np.ndarray:
+    """Ink coverage (uint8) of `text` drawn glyph by glyph with jitter and baseline wobble.
+
+    `extra_tracking` (in font sizes) spaces the letters apart, as in block capitals on forms.
+    """
     path = str(font_path)
     ascent, descent = _font(path, size).getmetrics()
     glyphs = [_glyph(path, size, ch) for ch in text]
     pad = size
     # Room for the widest tracking and word spacing drawn below, so no glyph is ever clipped.
-    width = int(sum(g[3] for g in glyphs) * 1.6 + 0.1 * size * len(text)) + 2 * pad
+    width = int(sum(g[3] for g in glyphs) * 1.6 + (0.1 + extra_tracking) * size * len(text)) + 2 * pad
     canvas = np.zeros((ascent + descent + 2 * pad, width), np.uint8)
     baseline = pad + ascent
     wobble = (rng.uniform(0, 0.05) * size, rng.uniform(3, 10) * size, rng.uniform(0, 2 * np.pi))
-    tracking, word_space = rng.uniform(-0.03, 0.07) * size, rng.uniform(0.8, 1.6)
+    tracking, word_space = (rng.uniform(-0.03, 0.07) + extra_tracking) * size, rng.uniform(0.8, 1.6)
     rot_sd, scale_sd, shift_sd = rng.uniform(0, 4), rng.uniform(0, 0.06), rng.uniform(0, 0.03)
     j = rng.standard_normal((4, len(text)))
     angles = np.clip(j[0] * rot_sd, -10, 10).tolist()
@@ -272,6 +288,11 @@ def finish_line(
     height: int = 64,
 ) -> np.ndarray:
     """Slant, stroke width, crop, height normalisation, paper and ink: ink coverage -> image."""
+    return _paper_and_ink(shape_line(alpha, size, rng, height), rng)
+
+
+def shape_line(alpha: np.ndarray, size: int, rng: np.random.Generator, height: int) -> np.ndarray:
+    """Slant, stroke width, crop and height normalisation of a line's ink coverage."""
     x, y, w, h = cv2.boundingRect((alpha > 0).view(np.uint8))
     m = size // 2  # keep room for the stroke filter but skip the empty canvas in the warp
     alpha = alpha[max(y - m, 0) : y + h + m, max(x - m, 0) : x + w + m]
@@ -282,7 +303,7 @@ def finish_line(
     elif stroke >= 2:
         alpha = cv2.dilate(alpha, np.ones((stroke, stroke), np.uint8))
     alpha = _crop(alpha, rng, min_height=0.5 * size)
-    return _paper_and_ink(_to_height(alpha, height), rng)
+    return _to_height(alpha, height)
 
 
 def render_line(
@@ -298,6 +319,52 @@ def render_line(
     # Font sizes fall in 4-px buckets so the font and glyph caches stay small.
     size = max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
     return finish_line(layout_font_line(text, str(font_path), size, rng), size, rng, height)
+
+
+def _ink_box(alpha: np.ndarray) -> np.ndarray:
+    x, y, w, h = cv2.boundingRect((alpha > 24).view(np.uint8))
+    return alpha[y : y + h, x : x + w] if w and h else alpha
+
+
+def render_scan_line(
+    text: str,
+    font_path: str | Path,
+    style: str,
+    rng: np.random.Generator,
+    height: int = 64,
+    label_font: str | Path | None = None,
+    neighbour_text: Callable[[], str] | None = None,
+) -> np.ndarray:
+    """Grayscale line of `text` in scan style `style` (synth_scan.STYLES, or "plain").
+
+    The font must draw every character of `text` (see missing_chars); `neighbour_text` gives
+    texts for the fragments of the lines above and below, `label_font` draws field labels.
+    """
+    if style == "plain":
+        return render_line(text, font_path, rng, height)
+    st = STYLES[style]
+    path = str(font_path)
+    size = max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
+    alpha = shape_line(layout_font_line(text, path, size, rng, rng.uniform(*st.tracking)), size, rng, height)
+    if neighbour_text is not None and rng.random() < st.neighbours:
+
+        def other() -> np.ndarray:
+            line = neighbour_text()
+            if missing_chars(path, line):
+                return np.zeros((height, 1), np.uint8)
+            return shape_line(layout_font_line(line, path, size, rng), size, rng, height)
+
+        alpha = add_neighbours(alpha, other, rng)
+    if label_font is not None and rng.random() < st.label:
+        label = FIELD_LABELS[int(rng.integers(len(FIELD_LABELS)))]
+        if not missing_chars(label_font, label):
+            alpha = add_label(alpha, _ink_box(layout_font_line(label, str(label_font), 48, rng)), rng)
+    if rng.random() < st.rules:
+        alpha = add_rules(alpha, rng, dotted=style == "form" and rng.random() < 0.3)
+    img = paper_and_ink(alpha, st, rng)
+    if img.shape[0] != height:  # neighbours made it taller: the line shrinks within the crop
+        img = _to_height(img, height)
+    return jpeg(img, rng, st.jpeg)
 
 
 @dataclass(frozen=True)
@@ -316,6 +383,8 @@ class _Plan:
     digits: int  # digits in the file name
     printed: frozenset[str] = frozenset()  # the printed fonts among `fonts`
     print_share: float | None = None  # share of a split's font lines in printed fonts (None: by count)
+    corpus: tuple[str, ...] = ()  # the user's text lines (text kind "corpus")
+    styles: tuple[tuple[str, float], ...] = ()  # scan style -> weight; () draws every line plain
 
 
 @dataclass
@@ -333,6 +402,9 @@ class SynthReport:
     lines_per_second: float
     workers: int
     notes: list[str] = field(default_factory=list)
+    styles: dict[str, int] = field(default_factory=dict)  # lines per scan style
+    skipped_fonts: dict[str, int] = field(default_factory=dict)  # font -> texts it could not draw
+    uncovered_chars: str = ""  # characters of dropped texts that no font draws
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -371,6 +443,62 @@ def _font_sample(
     raise UserError(f"fonts {', '.join(names)} cannot draw the sampled texts; check font_report()")
 
 
+def _styled_sample(
+    plan: _Plan,
+    split: str,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, str, dict[str, Any]]:
+    """A line in a scan style: fonts that lack a glyph of the text are skipped and counted."""
+    names = plan.split_fonts[split]
+    styles = dict(plan.styles)
+    skipped: list[str] = []  # fonts that could not draw a drawn text
+    uncovered: list[str] = []  # characters of texts no font of the split can draw
+    dropped = 0  # texts no font of the split can draw
+    for _ in range(100):
+        kind, text = sample_kind_and_text(rng, plan.kinds, plan.corpus)
+        style = pick_style(rng, styles)
+        if style != "plain" and rng.random() < STYLES[style].upper:
+            text = text.upper()
+        printed = [n for n in names if n in plan.printed]
+        hands = [n for n in names if n not in plan.printed]
+        pool = (
+            printed if printed and (not hands or rng.random() < (plan.print_share or 0.0)) else hands or names
+        )
+        first = pool[int(rng.integers(len(pool)))]
+        order = [first, *(n for n in names if n != first)]
+        font = None
+        for name in order:
+            shown = text.upper() if caps_only(plan.fonts[name]) else text
+            if not missing_chars(plan.fonts[name], shown):
+                font, text = name, shown
+                break
+            skipped.append(name)
+        if font is None:
+            uncovered.extend(set.intersection(*(set(missing_chars(plan.fonts[n], text)) for n in names)))
+            dropped += 1
+            continue
+        labels = sorted(plan.printed) or [font]
+        label_font = plan.fonts[labels[int(rng.integers(len(labels)))]]
+
+        def neighbour(upper: bool = text.isupper()) -> str:
+            other = sample_kind_and_text(rng, plan.kinds, plan.corpus)[1]
+            return other.upper() if upper else other
+
+        img = render_scan_line(text, plan.fonts[font], style, rng, plan.height, label_font, neighbour)
+        meta = {
+            "font": font,
+            "kind": kind,
+            "style": style,
+            "skipped_fonts": skipped,
+            "uncovered": sorted(set(uncovered)),
+            "dropped_texts": dropped,
+        }
+        return img, text, meta
+    raise UserError(
+        f"fonts {', '.join(names)} cannot draw 100 sampled texts; check the corpus and font_report()"
+    )
+
+
 def render_sample(plan: _Plan, index: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Image and manifest record of sample `index`; depends only on (plan, index)."""
     rng = np.random.default_rng([plan.seed, index])
@@ -379,6 +507,8 @@ def render_sample(plan: _Plan, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         from .synth_digits import render_digit_line
 
         img, text, meta = render_digit_line(rng, split, plan.height)
+    elif plan.styles or plan.corpus:
+        img, text, meta = _styled_sample(plan, split, rng)
     else:
         img, text, meta = _font_sample(plan, split, rng)
     stem = f"{index:0{plan.digits}d}"
@@ -441,6 +571,8 @@ def synthesize(
     fonts: Mapping[str, str | Path] | None = None,
     print_fonts: bool = True,
     print_share: float | None = DEFAULT_PRINT_SHARE,
+    corpus: str | Path | None = None,
+    styles: Mapping[str, float] | None = None,
 ) -> SynthReport:
     """Render `lines` synthetic lines to out_dir/images/*.png and out_dir/manifest.jsonl.
 
@@ -450,6 +582,12 @@ def synthesize(
     `print_fonts` adds the installed PRINT_FONT_PACKAGES to the training and validation fonts,
     drawn for `print_share` of their font lines (None: every font equally often); test fonts are
     always handwriting fonts unless `test_fonts` names others.
+
+    `corpus` (a UTF-8 text file, one line of text per line) adds the text kind "corpus" and, when
+    `kinds` is None, draws every font line from it. `styles` (synth_scan.STYLES + "plain" ->
+    weight) draws lines as scans; with a corpus and no styles every line is "plain". Fonts that
+    lack a glyph of a line are skipped for it and counted; the report names characters no font
+    draws.
     """
     if lines < 1 or seed < 0 or height < 8 or workers < 1:
         raise UserError("need lines >= 1, seed >= 0, height >= 8 and workers >= 1")
@@ -472,6 +610,12 @@ def synthesize(
     hands = font_paths if test_fonts is not None else [f for f in font_paths if f not in PRINT_FONT_PACKAGES]
     held = choose_test_fonts(hands, test_fonts) if test_fraction > 0 else ()
     rest = tuple(sorted(set(font_paths) - set(held)))
+    corpus_lines = load_text_corpus(corpus) if corpus is not None else ()
+    if corpus_lines and kinds is None:
+        kinds = {"corpus": 1.0}
+    if kinds and kinds.get("corpus", 0) > 0 and not corpus_lines:
+        raise UserError("text kind 'corpus' needs a corpus file (--corpus)")
+    style_weights = parse_styles(styles) or ({"plain": 1.0} if corpus_lines else {})
     kind_table(kinds)  # validate here, not in every worker
     plan = _Plan(
         out_dir=str(out_dir),
@@ -486,6 +630,8 @@ def synthesize(
         digits=max(6, len(str(lines - 1))),
         printed=frozenset(set(font_paths) & set(PRINT_FONT_PACKAGES)),
         print_share=print_share,
+        corpus=corpus_lines,
+        styles=tuple(sorted(style_weights.items())),
     )
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -504,6 +650,26 @@ def synthesize(
         with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init) as pool:
             records = _collect(pool.map(_write_chunk, tasks), lines, progress)
     seconds = time.perf_counter() - start
+    skipped_fonts: Counter[str] = Counter()
+    uncovered: Counter[str] = Counter()
+    styles_used: Counter[str] = Counter()
+    dropped_texts = 0
+    for r in records:
+        dropped_texts += r["meta"].pop("dropped_texts", 0)
+        skipped_fonts.update(r["meta"].pop("skipped_fonts", ()))
+        uncovered.update(r["meta"].pop("uncovered", ()))
+        if "style" in r["meta"]:
+            styles_used[r["meta"]["style"]] += 1
+    if skipped_fonts:
+        notes.append(
+            f"{sum(skipped_fonts.values())} times a font lacked a glyph of the drawn text and was skipped "
+            "for it: " + ", ".join(f"{k} {v}" for k, v in skipped_fonts.most_common())
+        )
+    if uncovered:
+        notes.append(
+            f"{dropped_texts} drawn texts were dropped for characters no font draws: "
+            + " ".join(f"{c!r}" for c, _ in uncovered.most_common())
+        )
     manifest = out / "manifest.jsonl"
     with manifest.open("w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -525,6 +691,9 @@ def synthesize(
         lines_per_second=lines / seconds if seconds > 0 else float("inf"),
         workers=workers,
         notes=notes,
+        styles=dict(styles_used),
+        skipped_fonts=dict(skipped_fonts),
+        uncovered_chars="".join(sorted(uncovered)),
     )
 
 

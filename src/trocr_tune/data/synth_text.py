@@ -7,13 +7,15 @@ import unicodedata
 from collections.abc import Mapping
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 
 CORPORA = ("given_names", "surnames", "words_es", "words_en", "phrases_es", "phrases_en")
-KINDS = ("name", "word_es", "word_en", "phrase_es", "phrase_en", "date", "amount")
+# "corpus": a line (or a run of its words) of the user's own text file (synthesize(corpus=...)).
+KINDS = ("name", "word_es", "word_en", "phrase_es", "phrase_en", "date", "amount", "corpus")
 DEFAULT_KIND_WEIGHTS: dict[str, float] = {
     "name": 0.30,
     "word_es": 0.12,
@@ -164,9 +166,36 @@ def sample_amount(rng: np.random.Generator) -> str:
     return f"{group_thousands(units, ',')}.{cents:02d} USD"
 
 
-def sample_text(rng: np.random.Generator, kind: str) -> str:
+def load_text_corpus(path: str | Path) -> tuple[str, ...]:
+    """The non-empty lines of a UTF-8 text file, cleaned (NFC, single spaces)."""
+    try:
+        raw = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read corpus {path}: {exc}") from None
+    lines = tuple(t for t in (clean_text(line) for line in raw.splitlines()) if t)
+    if not lines:
+        raise UserError(f"corpus {path} has no non-empty line")
+    return lines
+
+
+def _corpus_text(rng: np.random.Generator, corpus: tuple[str, ...]) -> str:
+    # Whole lines mostly; sometimes a run of their words, so short fields (1-3 words) occur too.
+    line = _pick(rng, corpus)
+    words = line.split(" ")
+    if len(words) > 1 and rng.random() < 0.3:
+        n = int(rng.integers(1, min(4, len(words)) + 1))
+        start = int(rng.integers(len(words) - n + 1))
+        return " ".join(words[start : start + n])
+    return line
+
+
+def sample_text(rng: np.random.Generator, kind: str, corpus: tuple[str, ...] = ()) -> str:
     """One clean (NFC, single-spaced) text of the given kind (see KINDS)."""
-    if kind == "name":
+    if kind == "corpus":
+        if not corpus:
+            raise UserError("text kind 'corpus' needs a corpus file (--corpus)")
+        text = _corpus_text(rng, corpus)
+    elif kind == "name":
         text = _name(rng)
     elif kind in ("word_es", "word_en"):
         text = _words(rng, "words_" + kind[-2:])
@@ -184,11 +213,12 @@ def sample_text(rng: np.random.Generator, kind: str) -> str:
 def sample_kind_and_text(
     rng: np.random.Generator,
     weights: Mapping[str, float] | None = None,
+    corpus: tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """(kind, text): the kind drawn by `weights` (kind -> weight; None: DEFAULT_KIND_WEIGHTS)."""
     kinds, p = kind_table(weights)
     kind = kinds[int(rng.choice(len(kinds), p=p))]
-    return kind, sample_text(rng, kind)
+    return kind, sample_text(rng, kind, corpus)
 
 
 def all_corpus_chars() -> str:

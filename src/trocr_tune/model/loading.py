@@ -144,7 +144,28 @@ def check_special_tokens(model: VisionEncoderDecoderModel, tokenizer: Any) -> No
         raise UserError("inconsistent special tokens: " + "; ".join(problems))
 
 
+# Checkpoints shipped inside the package, loadable offline by these names as model.name_or_path.
+BUILTIN_MODELS: dict[str, str] = {
+    # Pretrained by configs/pretrain-base.yaml on scan-style synthetic lines + real training hands
+    # (docs/pretrained-base.md): the default starting point of the real-handwriting recipes.
+    "trocr-tune/base-htr": "resources/models/base-htr",
+}
+
+
+def resolve_model_name(name: str) -> str:
+    """The folder of a built-in model name (BUILTIN_MODELS); any other name unchanged."""
+    if name in BUILTIN_MODELS:
+        from importlib import resources
+
+        folder = Path(str(resources.files("trocr_tune").joinpath(BUILTIN_MODELS[name])))
+        if not (folder / "config.json").is_file():
+            raise UserError(f"the built-in model {name!r} is missing from this installation ({folder})")
+        return str(folder)
+    return name
+
+
 def _load_pretrained(name: str) -> tuple[VisionEncoderDecoderModel, TrOCRProcessor]:
+    name = resolve_model_name(name)
     try:
         model = VisionEncoderDecoderModel.from_pretrained(name)
         processor = TrOCRProcessor.from_pretrained(name)
@@ -220,7 +241,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
 
 def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
     """Load a checkpoint for evaluation/prediction (a trocr-tune run's model/ or any TrOCR)."""
-    name = str(path)
+    name = resolve_model_name(str(path))
     model, processor = _load_pretrained(name)
     info_path = Path(name) / INFO_FILE
     if info_path.is_file():
