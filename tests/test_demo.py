@@ -24,6 +24,7 @@ REPORT_FILES = [
     "predictions.png",
     "config.yaml",
     "data/manifest.jsonl",
+    "data/README.md",
     "run/curves.png",
     "run/metrics.json",
     "run/model/config.json",
@@ -39,17 +40,36 @@ REPORT_FILES = [
 ]
 
 
-def test_embedded_recipe_is_configs_demo_and_validates() -> None:
+def test_embedded_recipes_are_the_configs_and_validate() -> None:
     assert recipe_text() == (REPO / "configs" / "demo.yaml").read_text(encoding="utf-8")
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["data.root=x.jsonl"])
-    assert cfg.model.preset and cfg.train.ctc_weight > 0 and cfg.train.max_minutes
-    assert yaml.safe_load(recipe_text())["data"]["layout"] == "manifest"
+    assert recipe_text("synthetic") == (REPO / "configs" / "demo-synthetic.yaml").read_text(encoding="utf-8")
+    real = load_config(REPO / "configs" / "demo.yaml", ["data.root=x.jsonl"])
+    assert real.model.name_or_path == "trocr-tune/base-htr" and real.model.new_characters == "union"
+    synthetic = load_config(REPO / "configs" / "demo-synthetic.yaml", ["data.root=x.jsonl"])
+    assert synthetic.model.preset and synthetic.train.ctc_weight > 0 and synthetic.train.max_minutes
+    for data in ("real", "synthetic"):
+        assert yaml.safe_load(recipe_text(data))["data"]["layout"] == "manifest"
+
+
+def test_embedded_real_lines_split_by_hand() -> None:
+    import tempfile
+
+    from trocr_tune.demo import copy_real_lines
+
+    with tempfile.TemporaryDirectory() as tmp:
+        info = copy_real_lines(Path(tmp))
+        assert (Path(tmp) / "README.md").is_file()  # licence and attribution travel with the lines
+    assert info["counts"] == {"train": 552, "validation": 63, "test": 80}
+    hands = info["hands"]
+    assert len(hands["test"]) == 2 and not set(hands["test"]) & (
+        set(hands["train"]) | set(hands["validation"])
+    )
 
 
 @pytest.mark.slow
 def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    args = ["demo", "--minutes", "1", "--out", str(out), "--lines", "800"]
+    args = ["demo", "--minutes", "1", "--out", str(out)]
     # Ctrl-C during training leaves a resumable run ...
     proc = subprocess.Popen(
         [trocr_tune_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -68,19 +88,20 @@ def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) 
     assert proc.returncode != 0, text
     assert "run the same command to continue" in text
     state = json.loads((out / "demo-state.json").read_text())
-    assert "synthesize" in state["done"] and "train" not in state["done"]
+    assert "data" in state["done"] and "train" not in state["done"]
     assert list((out / "run" / "checkpoints").glob("checkpoint-*"))
 
     # ... and the same command finishes it without re-rendering the data.
     result = run_cli(*args, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[stage 1/6] synthesize" not in result.stderr
+    assert "[stage 1/6] data" not in result.stderr
     assert "(resuming)" in result.stderr
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
     # The last lines printed are the benchmark table and the report path.
     lines = result.stdout.strip().splitlines()
-    assert lines[-1].startswith("held-out-font test CER") and str(out / "report.md") in lines[-1]
+    assert lines[-1].startswith("held-out-hand test CER") and str(out / "report.md") in lines[-1]
+    assert "(the base before fine-tuning: " in lines[-1]
     assert any(line.startswith("| fp32") for line in lines[-15:])
     bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
     names = [row["variant"] for row in bench["rows"]]
@@ -90,8 +111,10 @@ def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) 
         assert f"]({image})" in report
     # A one-minute budget has no time to compile: the report says so instead of dropping the row.
     assert "compile-default" not in names and "Not in the table: compile-default: not run" in report
-    # The test stage names how it decoded: the language model in the search and the rescoring terms.
-    assert "character n-gram model fused into the search (weight 0.25)" in report
-    assert "rescored with the encoder's CTC (weight 0.5) and that character n-gram model" in report
+    # The test stage names how it decoded, and the report shows the base on the same held-out hands.
+    assert "rescored with the encoder's CTC (weight 0.5)" in report
+    assert "held-out test hands" in report and "The base before fine-tuning" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_cer"] >= 0 and summary["seed"] == 0 and summary["train_steps"] > 0
+    assert summary["data"] == "real" and summary["base_test_cer"] >= 0
+    assert (out / "test-base" / "predictions.csv").is_file()

@@ -295,7 +295,14 @@ def data_synth(
     type=click.IntRange(min=8),
     help="Scale taller line images down to this height (0 keeps them).",
 )
-@click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(["jpg", "png"]),
+    default="jpg",
+    show_default=True,
+    help="Image file format of the exported lines.",
+)
 def data_export(args: tuple[str, ...], out: Path, height: int, image_format: str) -> None:
     """Export a dataset's cleaned, split lines as grey line images + manifest.jsonl.
 
@@ -328,10 +335,28 @@ data_export.help = (data_export.help or "").replace("CONFIG_HELP", CONFIG_HELP)
     "--real configs/htromance-alto.yaml PATH/htromance-spain. Repeatable. Its training split is "
     "trained on, its validation split validates, its test split is never read.",
 )
-@click.option("--synth-lines", default=60000, show_default=True, type=click.IntRange(min=0))
-@click.option("--real-repeat", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--height", default=64, show_default=True, type=click.IntRange(min=8))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option(
+    "--synth-lines",
+    default=50000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Scan-style synthetic lines to render (data synth with --corpus of the real transcriptions).",
+)
+@click.option(
+    "--real-repeat",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Copies of each real training line in the manifest (augmentation keeps them apart).",
+)
+@click.option(
+    "--height",
+    default=48,
+    show_default=True,
+    type=click.IntRange(min=8),
+    help="Height of the written line images (real lines are scaled down to it).",
+)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Rendering seed.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Rendering processes.")
 def data_pretrain_set(
     out: Path,

@@ -1,8 +1,9 @@
 """`trocr-tune demo` / `make demo`: the whole mission offline, on a laptop CPU, in minutes.
 
-Stages: synthesize handwriting lines (held-out fonts for test) -> train a compact TrOCR from
-scratch under a wall-clock budget -> evaluate on the held-out fonts -> prune-l1 with a short
-fine-tune -> benchmark the CPU variants -> report.md. Every stage records its completion in
+Stages: data (the embedded real handwritten lines, or with `--synthetic` rendered font lines) ->
+train (fine-tune the shipped base on the real lines, or a compact TrOCR from scratch on the
+synthetic ones) under a wall-clock budget -> evaluate on the held-out hands (or fonts) -> prune-l1
+with a short fine-tune -> benchmark the CPU variants -> report.md. Every stage records its completion in
 `demo-state.json`; after Ctrl-C the same command continues where the run stopped (training
 resumes from its last checkpoint).
 """
@@ -21,13 +22,32 @@ from .config import Config, load_config, save_config
 from .errors import UserError
 
 STATE_FILE = "demo-state.json"
-RECIPE = "demo.yaml"
+# The embedded recipes (also shipped as configs/demo.yaml and configs/demo-synthetic.yaml).
+RECIPES = {"real": "demo.yaml", "synthetic": "demo-synthetic.yaml"}
+# Real handwritten lines shipped with the package (their README names source and licence).
+REAL_LINES = "demo-lines/poilus"
 DEMO_KINDS = {"name": 3.0, "date": 1.0, "amount": 1.0}
 
 
-def recipe_text() -> str:
-    """The embedded default recipe (also shipped as configs/demo.yaml)."""
-    return resources.files("trocr_tune.resources").joinpath(RECIPE).read_text(encoding="utf-8")
+def recipe_text(data: str = "real") -> str:
+    """The embedded recipe of the real-line demo (default) or of the synthetic-font demo."""
+    return resources.files("trocr_tune.resources").joinpath(RECIPES[data]).read_text(encoding="utf-8")
+
+
+def copy_real_lines(dest: Path) -> dict[str, Any]:
+    """Copy the embedded real lines to `dest`; returns counts and hands (writers) per split."""
+    import shutil
+
+    src = resources.files("trocr_tune.resources").joinpath(REAL_LINES)
+    with resources.as_file(src) as folder:
+        shutil.copytree(folder, dest, dirs_exist_ok=True)
+    counts: dict[str, int] = {}
+    hands: dict[str, set[str]] = {}
+    for line in (dest / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        counts[row["split"]] = counts.get(row["split"], 0) + 1
+        hands.setdefault(row["split"], set()).add(row.get("manuscript", ""))
+    return {"counts": counts, "hands": {k: sorted(v) for k, v in hands.items()}, "source": REAL_LINES}
 
 
 @dataclass
@@ -36,6 +56,9 @@ class DemoSettings:
 
     minutes: float = 15.0
     out: Path = Path("demo-run")
+    # "real": fine-tune the shipped base on the embedded real lines; "synthetic": train from
+    # scratch on rendered font lines.
+    data: str = "real"
     seed: int = 0
     lines: int | None = None  # synthetic lines; default scales with the budget
     workers: int | None = None
@@ -84,7 +107,7 @@ class DemoState:
 class Stages:
     """Prints `[stage i/n] name` lines with elapsed time against the budget."""
 
-    NAMES = ("synthesize", "train", "evaluate", "prune-l1", "benchmark", "report")
+    NAMES = ("data", "train", "evaluate", "prune-l1", "benchmark", "report")
 
     def __init__(self, minutes: float, stream: Any = None) -> None:
         self.minutes = minutes
@@ -105,9 +128,9 @@ class Stages:
 
 
 def demo_config(settings: DemoSettings, manifest: Path, overrides: list[str]) -> Config:
-    """The embedded recipe pointed at the synthetic data and the run folder."""
+    """The embedded recipe pointed at the demo's data and the run folder."""
     path = settings.out / "recipe.yaml"
-    path.write_text(recipe_text(), encoding="utf-8")
+    path.write_text(recipe_text(settings.data), encoding="utf-8")
     base = [
         "data.layout=manifest",
         f"data.root={manifest}",
@@ -134,7 +157,11 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     state = DemoState.load(out)
-    wanted = {"minutes": settings.minutes, "seed": settings.seed, "lines": settings.synth_lines()}
+    if settings.data not in RECIPES:
+        raise UserError(f"demo data {settings.data!r} is not one of: {', '.join(RECIPES)}")
+    wanted: dict[str, Any] = {"minutes": settings.minutes, "seed": settings.seed, "data": settings.data}
+    if settings.data == "synthetic":
+        wanted["lines"] = settings.synth_lines()
     if state.settings and state.settings != wanted:
         raise UserError(f"{out} holds a demo run with other settings {state.settings}; use another --out")
     state.settings = wanted
@@ -150,8 +177,12 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
     manifest = data_dir / "manifest.jsonl"
     cfg = demo_config(settings, manifest, overrides)
     save_config(cfg, out / "config.yaml")
-    if "synthesize" not in state.done:
-        stages.announce("synthesize", f"{settings.synth_lines()} lines")
+    if "data" not in state.done and settings.data == "real":
+        stages.announce("data", "real handwritten lines (Testaments de Poilus, CC-BY 4.0)")
+        t = time.perf_counter()
+        finish("data", copy_real_lines(data_dir), t)
+    if "data" not in state.done:
+        stages.announce("data", f"synthesize {settings.synth_lines()} lines")
         t = time.perf_counter()
         synth = synthesize(
             data_dir,
@@ -165,7 +196,7 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
             workers=settings.workers or _cores(),
         )
         finish(
-            "synthesize",
+            "data",
             {"counts": synth.counts, "fonts": synth.fonts, "lines_per_second": synth.lines_per_second},
             t,
         )
@@ -189,12 +220,18 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
 
     test_cfg = replace(cfg, data=replace(cfg.data, split="test"))
     if "evaluate" not in state.done:
-        stages.announce("evaluate", "held-out fonts (test split)")
+        held_out = "hands" if settings.data == "real" else "fonts"
+        stages.announce("evaluate", f"held-out {held_out} (test split)")
         t = time.perf_counter()
         samples = read_dataset(test_cfg.data).split("test")
         evaluation = evaluate_bundle(load_bundle(model_dir), samples, cfg.eval)
         write_report(evaluation, out / "test", test_cfg)
-        finish("evaluate", {"metrics": evaluation.summary(), "lines": len(samples)}, t)
+        scores: dict[str, Any] = {"metrics": evaluation.summary(), "lines": len(samples)}
+        if cfg.model.name_or_path:  # the starting point on the same lines: what fine-tuning bought
+            zero = evaluate_bundle(load_bundle(cfg.model.name_or_path), samples, cfg.eval)
+            write_report(zero, out / "test-base", test_cfg)
+            scores["base_metrics"] = zero.summary()
+        finish("evaluate", scores, t)
 
     variants_dir = out / "variants"
     if "prune-l1" not in state.done:

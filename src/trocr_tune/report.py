@@ -69,9 +69,10 @@ def _rescoring_words(ev: EvalConfig) -> str:
 def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
     """Write out/report.md from the finished stages; returns the summary figures."""
     done = state.done
-    synth, train, test, prune, bench = (
-        done.get(k, {}) for k in ("synthesize", "train", "evaluate", "prune-l1", "benchmark")
+    data, train, test, prune, bench = (
+        done.get(k, {}) for k in ("data", "train", "evaluate", "prune-l1", "benchmark")
     )
+    real = "hands" in data
     grid = prediction_grid(out / "test" / "predictions.csv", out / "predictions.png", seed=cfg.train.seed)
     m = test.get("metrics", {})
     t = train.get("metrics", {})
@@ -87,25 +88,51 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "train_seconds": seconds.get("train"),
         "total_seconds": total,
         "seed": cfg.train.seed,
+        "data": "real" if real else "synthetic",
         "table": bench.get("table", "(benchmark not run)"),
     }
-    fonts = synth.get("fonts", {})
-    counts = synth.get("counts", {})
+    counts = data.get("counts", {})
     nan = float("nan")
+    base = test.get("base_metrics")
+    if base:
+        summary["base_test_cer"] = base.get("cer")
+    if real:
+        hands = data.get("hands", {})
+        intro = (
+            f"The shipped base (`{cfg.model.name_or_path}`) fine-tuned on real handwritten lines, on "
+            f"this machine's CPU, offline. Seed {cfg.train.seed}; total time {total / 60:.1f} min."
+        )
+        data_lines = [
+            f"- {sum(counts.values())} real lines of French soldiers' wills, 1898-1918 (Testaments de "
+            "Poilus, CC-BY 4.0, see `data/README.md`): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            f"- training hands: {len(hands.get('train', []))}; "
+            f"validation hands: {len(hands.get('validation', []))}",
+            "- **held-out test hands** (never seen by the base or in training): "
+            + ", ".join(hands.get("test", [])),
+        ]
+    else:
+        fonts = data.get("fonts", {})
+        intro = (
+            f"A compact TrOCR (`{cfg.model.preset}` preset, {cfg.model.image_height}x{cfg.model.image_width} "
+            f"`{cfg.model.geometry}` geometry, character tokenizer) trained from scratch on synthetic "
+            f"handwriting, on this machine's CPU, offline. Seed {cfg.train.seed}; total time "
+            f"{total / 60:.1f} min."
+        )
+        data_lines = [
+            f"- {sum(counts.values())} synthetic lines ({data.get('lines_per_second', 0):.0f} lines/s): "
+            + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            f"- training fonts: {', '.join(fonts.get('train', []))}",
+            f"- **held-out test fonts** (never seen in training): {', '.join(fonts.get('test', []))}",
+        ]
+    held = "hands" if real else "fonts"
     lines = [
         "# trocr-tune demo report",
         "",
-        f"A compact TrOCR (`{cfg.model.preset}` preset, {cfg.model.image_height}x{cfg.model.image_width} "
-        f"`{cfg.model.geometry}` geometry, character tokenizer) trained from scratch on synthetic "
-        f"handwriting, on this machine's CPU, offline. Seed {cfg.train.seed}; total time "
-        f"{total / 60:.1f} min.",
+        intro,
         "",
         "## Data",
         "",
-        f"- {sum(counts.values())} synthetic lines ({synth.get('lines_per_second', 0):.0f} lines/s): "
-        + ", ".join(f"{k} {v}" for k, v in counts.items()),
-        f"- training fonts: {', '.join(fonts.get('train', []))}",
-        f"- **held-out test fonts** (never seen in training): {', '.join(fonts.get('test', []))}",
+        *data_lines,
         "",
         "## Training",
         "",
@@ -115,7 +142,7 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         "",
         "![training curves](run/curves.png)",
         "",
-        "## Test (held-out fonts)",
+        f"## Test (held-out {held})",
         "",
         f"{test.get('lines')} lines, beam search with {cfg.eval.num_beams} beam(s)"
         + _rescoring_words(cfg.eval)
@@ -125,6 +152,15 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         f"{m.get('lines_per_second', 0):.0f} lines/s. Full per-line results: `test/predictions.csv`, "
         "worst lines: `test/worst.csv`, character confusions: `test/confusions.csv`.",
         "",
+        *(
+            [
+                "The base before fine-tuning, decoded the same way on the same lines: "
+                f"CER {base.get('cer', nan):.4f}, WER {base.get('wer', nan):.4f} (`test-base/`).",
+                "",
+            ]
+            if base
+            else []
+        ),
         f"![test predictions]({grid.name})",
         "",
         "## Optimized variants (CPU)",

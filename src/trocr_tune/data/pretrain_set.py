@@ -51,7 +51,7 @@ def build_pretraining_set(
     synth_lines: int,
     *,
     seed: int = 0,
-    height: int = 64,
+    height: int = 48,
     real_repeat: int = 8,
     workers: int = 1,
     kinds: Mapping[str, float] | None = None,
