@@ -59,7 +59,7 @@ def test_embedded_real_lines_split_by_hand() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         info = copy_real_lines(Path(tmp))
         assert (Path(tmp) / "README.md").is_file()  # licence and attribution travel with the lines
-    assert info["counts"] == {"train": 552, "validation": 63, "test": 80}
+    assert info["counts"] == {"train": 533, "validation": 62, "test": 75}
     hands = info["hands"]
     assert len(hands["test"]) == 2 and not set(hands["test"]) & (
         set(hands["train"]) | set(hands["validation"])

@@ -41,9 +41,12 @@ def htromance(real_cache: Path):
 
 
 def test_htromance_every_alto_page(htromance) -> None:
-    # 1,369 TextLines in the 27 chocomufin pages; 5 have no text.
-    assert len(htromance.samples) == 1364
-    assert htromance.log.by_reason() == Counter({"empty text": 5})
+    # 1,369 TextLines in the 27 chocomufin pages; 5 have no text, 2 boxes are a few pixels wide for
+    # a whole line of text (vertical or broken boxes).
+    assert len(htromance.samples) == 1362
+    assert htromance.log.by_reason() == Counter(
+        {"empty text": 5, "image narrower than its text (a vertical or broken line box)": 2}
+    )
     by_id = {s.id: s for s in htromance.samples}
     first = by_id["bnf-esp-229/laberinto_2r.chocomufin#eSc_line_1b977be9"]
     assert first.text == "Las treçientas de Iuan de mena"
@@ -52,7 +55,7 @@ def test_htromance_every_alto_page(htromance) -> None:
         "bnf-esp-36": 467,
         "bnf-esp-229": 445,
         "bnf-esp-285": 296,
-        "bnf-esp-368": 156,
+        "bnf-esp-368": 154,
     }
     texts = {s.text for s in htromance.samples}
     assert "ñl tienpo del honrrado padre boni" in texts
@@ -64,7 +67,7 @@ def test_htromance_every_alto_page(htromance) -> None:
 def test_htromance_default_glob_detects_double_transcriptions(real_cache: Path) -> None:
     cfg = load_config(None, ["data.layout=alto", f"data.root={HTROMANCE}", f"data.cache_dir={real_cache}"])
     result = read_dataset(cfg.data)
-    assert len(result.samples) == 1364  # not 2 x 1364: each page read once
+    assert len(result.samples) == 1362  # not 2 x 1362: each page read once
     assert result.log.by_reason()["XML file naming an image another XML file already gave"] == 1369
     assert any(n.startswith("27 XML files name a page image") for n in result.log.notes)
 
@@ -175,7 +178,7 @@ def test_data_check_cli_htromance_group_split_by_manuscript(
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text(encoding="utf-8"))
-    assert sum(s["samples"] for s in report["splits"].values()) == 1364
+    assert sum(s["samples"] for s in report["splits"].values()) == 1362
     assert "0 pages cropped, 27 read from the cache" in proc.stdout
     # No manuscript straddles two splits.
     split_of: dict[str, set[str]] = {}

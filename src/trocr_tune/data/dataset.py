@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -16,6 +17,9 @@ from PIL import Image
 from ..model.tokenizer import encode_label
 from .augment import build_policy
 from .records import LineSample
+
+# Smallest image side the augmentation policies get: a side of fewer than ~5 px has no grid cells.
+MIN_AUGMENT_SIDE = 16
 
 
 def load_rgb(path: str) -> np.ndarray:
@@ -57,6 +61,10 @@ class LineDataset(torch.utils.data.Dataset):
     def _augment(self, image: np.ndarray) -> np.ndarray:
         if self.policy_name == "none":
             return image
+        if min(image.shape[:2]) < MIN_AUGMENT_SIDE:  # grid distortions divide each side into cells
+            scale = MIN_AUGMENT_SIDE / min(image.shape[:2])
+            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         if not self._seeded:
             # Each worker (and each epoch, as workers are re-created) draws its own stream,
             # derived from the torch seed the Trainer set: varied yet reproducible.

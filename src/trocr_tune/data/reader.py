@@ -20,6 +20,7 @@ from .text import TextNormalizer
 MISSING_IMAGE = "image file missing"
 UNREADABLE_IMAGE = "unreadable or corrupt image"
 SMALL_IMAGE = "image smaller than data.min_image_side"
+NARROW_IMAGE = "image narrower than its text (a vertical or broken line box)"
 DUPLICATE_ID = "duplicate id"
 OVER_LIMIT = "beyond data.limit"
 
@@ -47,6 +48,13 @@ def resolve_root(cfg: DataConfig) -> Path:
     if not root.exists() and cfg.layout != "hf":
         raise UserError(f"data.root does not exist: {root}")
     return root
+
+
+def too_narrow(size: tuple[int, int], text: str) -> bool:
+    """A horizontal line of N characters is at least ~N/4 of its height wide (N capped at 4): a
+    64 px high, 2 px wide crop labelled with a sentence is a vertical line or a broken box."""
+    width, height = size
+    return width < 0.25 * height * min(len(text), 4)
 
 
 def image_size(path: str, mode: str) -> tuple[tuple[int, int] | None, str | None]:
@@ -85,6 +93,9 @@ def clean(samples: Iterator[LineSample], cfg: DataConfig, log: DropLog) -> Itera
             continue
         if size is not None and min(size) < cfg.min_image_side:
             log.drop(SMALL_IMAGE, s.source, s.split)
+            continue
+        if size is not None and text is not None and too_narrow(size, text):
+            log.drop(NARROW_IMAGE, s.source, s.split)
             continue
         seen.add(s.id)
         yield s.with_(text=text, size=size)
