@@ -261,7 +261,8 @@ def test_texts_are_nfc_and_whitespace_clean(
 ) -> None:
     _, records, _ = dataset
     rng = np.random.default_rng(0)
-    texts = [r["text"] for r in records] + [sample_text(rng, k) for k in KINDS for _ in range(100)]
+    corpus = ("  Fait  à\tVersailles ", "le 3 août 1914")
+    texts = [r["text"] for r in records] + [sample_text(rng, k, corpus) for k in KINDS for _ in range(100)]
     for text in texts:
         assert text == unicodedata.normalize("NFC", text) == clean_text(text) and text
         assert "  " not in text

@@ -181,7 +181,7 @@ def load_text_corpus(path: str | Path) -> tuple[str, ...]:
 def _corpus_text(rng: np.random.Generator, corpus: tuple[str, ...]) -> str:
     # Whole lines mostly; sometimes a run of their words, so short fields (1-3 words) occur too.
     line = _pick(rng, corpus)
-    words = line.split(" ")
+    words = line.split()
     if len(words) > 1 and rng.random() < 0.3:
         n = int(rng.integers(1, min(4, len(words)) + 1))
         start = int(rng.integers(len(words) - n + 1))
