@@ -256,7 +256,7 @@ class EvalConfig:
     lm_fusion: float = 0.0
     # With ctc_rescore or lm_weight: add this much per token to every hypothesis's joint score. The
     # log-likelihoods fall with each character read, so the joint score favours readings that drop
-    # one; a bonus of ~1 per token evens that out (demo model: README).
+    # one; a bonus of ~1 per token evens that out (demo model: docs/decoding.md).
     rescore_length_bonus: float = 0.0
     # With ctc_rescore or lm_weight: average each hypothesis's optical score (decoder, and CTC with
     # ctc_rescore) over the image and these test-time views of it (model/views.py: pad-x, pad-y,

@@ -50,7 +50,8 @@ FONT_PACKAGES: dict[str, str] = {
 # Printed fonts for the training and validation splits only (never held out as a test hand): the
 # eight most used Google Fonts families that ship as fontpkg wheels (OFL), chosen by that rule,
 # not by their looks. Seven handwriting fonts show each letter in seven shapes; these add plain
-# ones. Held-out-font CER after 3,900 steps: 0.134 without them, 0.115 with them (README).
+# ones. Held-out-font CER after 3,900 steps: 0.134 without them, 0.115 with them
+# (docs/2026-11-synthetic-font-demo.md).
 PRINT_FONT_PACKAGES: dict[str, str] = {
     "inter": "fontpkg_inter",
     "lato": "fontpkg_lato",
@@ -63,7 +64,7 @@ PRINT_FONT_PACKAGES: dict[str, str] = {
 }
 # Share of the training and validation font lines drawn in the printed fonts (the rest in the
 # handwriting fonts). Drawn by count (8 of 15 fonts, 53%) they gave 0.115 at 3,900 steps; with each
-# handwriting font drawn twice as often (36%) 0.109 on two seeds (README).
+# handwriting font drawn twice as often (36%) 0.109 on two seeds (docs/2026-11-synthetic-font-demo.md).
 DEFAULT_PRINT_SHARE = 0.36
 # Two mid-difficulty casual hands; neither is the only cursive or the only all-caps-like font.
 DEFAULT_TEST_FONTS = ("kalam", "shadows-into-light")
