@@ -66,6 +66,9 @@ class DataConfig:
     text_column: str = "text"
     split_column: str = "split"
     id_column: str = "id"
+    # Manifest layout: let image paths point outside the dataset folder (absolute paths
+    # elsewhere, ../..). Off by default, so a downloaded manifest cannot read arbitrary files.
+    allow_outside_root: bool = False
     xml_glob: str = "**/*.xml"
     line_types: list[str] = field(default_factory=list)
     crop_padding: int = 4

@@ -39,6 +39,8 @@ class CheckReport:
     drop_examples: dict[str, list[str]]
     notes: list[str] = field(default_factory=list)
     manifest: str | None = None
+    # split (or "all" before splitting) -> reason -> the first sources dropped for it there
+    drop_examples_by_split: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=2)
@@ -98,6 +100,7 @@ def check_dataset(cfg: Config, manifest: str | Path | None = None) -> CheckRepor
         dropped_before_split=dict(result.log.by_reason(ALL).most_common()),
         drop_examples=result.log.examples,
         notes=result.log.notes,
+        drop_examples_by_split=result.log.split_examples,
     )
     if manifest is not None:
         out = Path(manifest)
@@ -145,7 +148,8 @@ def print_check_report(report: CheckReport, console: object | None = None, alpha
     rows = [(ALL, r, n) for r, n in report.dropped_before_split.items()]
     rows += [(name, r, n) for name, st in report.splits.items() for r, n in st.dropped.items()]
     for split, reason, n in rows:
-        drops.add_row(split, reason, str(n), ", ".join(report.drop_examples.get(reason, [])[:2]))
+        examples = report.drop_examples_by_split.get(split, {}).get(reason, [])
+        drops.add_row(split, reason, str(n), ", ".join(examples[:2]))
     con.print(drops if rows else "nothing dropped")
     for name, st in report.splits.items():
         if st.alphabet:

@@ -37,19 +37,27 @@ class LineSample:
 
 @dataclass
 class DropLog:
-    """Counts every dropped sample by (split, reason) and keeps a few examples of each."""
+    """Counts every dropped sample by (split, reason) and keeps a few examples of each.
+
+    `examples` holds the first sources per reason over all splits; `split_examples` holds them
+    per split, so a split's row of the drop table cites that split's files.
+    """
 
     examples_per_reason: int = 3
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    split_examples: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def drop(self, reason: str, source: str, split: str | None = None, count: int = 1) -> None:
         """Record that `count` samples from `source` were dropped for `reason`."""
         self.counts[(split or ALL, reason)] += count
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < self.examples_per_reason:
-            shown.append(source)
+        for shown in (
+            self.examples.setdefault(reason, []),
+            self.split_examples.setdefault(split or ALL, {}).setdefault(reason, []),
+        ):
+            if len(shown) < self.examples_per_reason:
+                shown.append(source)
 
     def note(self, message: str) -> None:
         """A remark about the data that is not a dropped sample (e.g. a file skipped)."""

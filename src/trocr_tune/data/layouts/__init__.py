@@ -108,7 +108,7 @@ _ALL = [
         "manifest",
         "manifest:read_manifest",
         "CSV / TSV / JSONL with image path and text (optional split, id) columns; root may be the file",
-        ("image_column", "text_column", "split_column", "id_column", "encoding"),
+        ("image_column", "text_column", "split_column", "id_column", "encoding", "allow_outside_root"),
         ("page", "manuscript", "writer"),
         "data.layout=manifest data.root=lines.jsonl",
     ),

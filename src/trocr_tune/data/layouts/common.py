@@ -9,6 +9,25 @@ from pathlib import Path
 from ...errors import UserError
 from ..records import DropLog
 
+BAD_QUOTE = "row with an unclosed or stray quote"
+WRONG_FIELD_COUNT = "row whose number of fields differs from the header"
+
+EMPTY_LABEL = "empty or NaN label"
+# Labels annotators and spreadsheet exports use to mean "no transcription", not a text.
+NO_TEXT_LABELS = {"UNREADABLE": "label UNREADABLE", "EMPTY": "label EMPTY"}
+
+
+def placeholder_label(label: object) -> str | None:
+    """The drop reason when a label means "no transcription" (empty, NaN, UNREADABLE...), else None.
+
+    Spreadsheets and pandas write a missing cell as NaN (JSON NaN parses as a float).
+    """
+    text = "" if label is None else str(label).strip()
+    if not text or text.lower() == "nan":
+        return EMPTY_LABEL
+    return NO_TEXT_LABELS.get(text.upper())
+
+
 # Split names users' files use, mapped to ours.
 SPLIT_ALIASES = {
     "train": "train",
@@ -62,16 +81,25 @@ def decoded_lines(
 def csv_rows(
     path: Path, encoding: str, log: DropLog, delimiter: str = ",", split: str | None = None
 ) -> Iterator[tuple[int, list[str]]]:
-    """(line number, fields) of a delimited file, decoded line by line (see `decoded_lines`)."""
-    last = [0]  # line number of the latest line handed to csv.reader
+    """(line number, fields) of a delimited file whose first row is its header.
 
-    def texts() -> Iterator[str]:
-        for number, text in decoded_lines(path, encoding, log, split):
-            last[0] = number
-            yield text
-
-    for fields in csv.reader(texts(), delimiter=delimiter):
-        yield last[0], fields
+    Each line is parsed on its own: a line transcription never spans lines, and an unclosed
+    quote must not swallow the rows after it into one label. A row with a stray quote, or with
+    more or fewer fields than the header, is dropped and counted; blank lines are passed on.
+    """
+    width: int | None = None
+    for number, text in decoded_lines(path, encoding, log, split):
+        try:
+            fields = next(csv.reader([text], delimiter=delimiter, strict=True), [])
+        except csv.Error:
+            log.drop(BAD_QUOTE, f"{path.name}:{number}", split)
+            continue
+        if width is None:
+            width = len(fields)
+        elif len(fields) != width and any(f.strip() for f in fields):
+            log.drop(WRONG_FIELD_COUNT, f"{path.name}:{number}", split)
+            continue
+        yield number, fields
 
 
 PARTITION_NAMES = {

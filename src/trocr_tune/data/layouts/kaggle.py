@@ -8,11 +8,8 @@ from pathlib import Path
 from ...config import SPLITS, DataConfig
 from ...errors import UserError
 from ..records import DropLog, LineSample
-from .common import csv_rows
+from .common import csv_rows, placeholder_label
 
-EMPTY_LABEL = "empty or NaN label"
-# Labels the annotators used to mean "no transcription", not a name.
-NO_TEXT_LABELS = {"UNREADABLE": "label UNREADABLE", "EMPTY": "label EMPTY"}
 SHORT_ROW = "row without FILENAME/IDENTITY fields"
 
 
@@ -49,12 +46,9 @@ def read_kaggle_names(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[Lin
                     log.drop(SHORT_ROW, source, split)
                 continue
             filename, text = fields[i_file].strip(), fields[i_text]
-            label = text.strip()
-            if not label or label.lower() == "nan":
-                log.drop(EMPTY_LABEL, source, split)
-                continue
-            if label.upper() in NO_TEXT_LABELS:
-                log.drop(NO_TEXT_LABELS[label.upper()], source, split)
+            reason = placeholder_label(text)
+            if reason is not None:
+                log.drop(reason, source, split)
                 continue
             yield LineSample(
                 image=str(images / filename),

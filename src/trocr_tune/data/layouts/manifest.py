@@ -10,7 +10,7 @@ from pathlib import Path
 from ...config import SPLITS, DataConfig
 from ...errors import UserError
 from ..records import DropLog, LineSample
-from .common import PARTITION_NAMES, canonical_split, csv_rows, decoded_lines
+from .common import PARTITION_NAMES, canonical_split, csv_rows, decoded_lines, placeholder_label
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
@@ -18,6 +18,12 @@ GROUP_KEYS = ("page", "manuscript", "writer")
 BAD_JSON = "invalid JSON line"
 NO_IMAGE_FIELD = "row without an image path"
 UNKNOWN_SPLIT = "unknown split value"
+OUTSIDE_ROOT = "image path outside the dataset folder (data.allow_outside_root=true allows it)"
+
+
+def inside(folder: str, path: str) -> bool:
+    """Whether `path` (absolute, normalised) lies within `folder` (absolute)."""
+    return os.path.commonpath([folder, path]) == folder
 
 
 def manifest_files(root: Path) -> list[tuple[Path, str | None]]:
@@ -74,7 +80,13 @@ def _delimited_rows(path: Path, cfg: DataConfig, log: DropLog) -> Iterator[tuple
 
 
 def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSample]:
-    """Rows of the manifest(s); relative image paths resolve against the manifest's folder."""
+    """Rows of the manifest(s); relative image paths resolve against the manifest's folder.
+
+    Image paths must stay inside the dataset folder (data.root, or the folder of a manifest file
+    given as data.root) unless data.allow_outside_root: a downloaded manifest must not make
+    trocr-tune read ../../etc/passwd or any other file of the machine.
+    """
+    allowed = os.path.abspath(root if root.is_dir() else root.parent)
     for path, file_split in manifest_files(root):
         folder = os.path.abspath(path.parent)
         is_json = path.suffix.lower() in JSON_SUFFIXES
@@ -92,6 +104,13 @@ def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSam
                 log.drop(NO_IMAGE_FIELD, source, file_split)
                 continue
             text = row.get(cfg.text_column)
+            if text is not None and str(text).strip() and (reason := placeholder_label(text)):
+                log.drop(reason, source, file_split)
+                continue
+            image_path = os.path.normpath(os.path.join(folder, os.path.expanduser(image.strip())))
+            if not cfg.allow_outside_root and not inside(allowed, image_path):
+                log.drop(OUTSIDE_ROOT, source, file_split)
+                continue
             split = file_split
             raw_split = row.get(cfg.split_column)
             if raw_split not in (None, ""):
@@ -104,7 +123,7 @@ def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSam
             meta = {k: str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
             meta.update({k: str(row[k]) for k in GROUP_KEYS if row.get(k) not in (None, "")})
             yield LineSample(
-                image=os.path.normpath(os.path.join(folder, os.path.expanduser(image.strip()))),
+                image=image_path,
                 text=text if isinstance(text, str) else ("" if text is None else str(text)),
                 split=split,
                 id=str(raw_id) if raw_id not in (None, "") else image.strip(),
