@@ -317,9 +317,13 @@ def render_line(
     missing = missing_chars(font_path, text)
     if missing:
         raise ValueError(f"font {Path(font_path).name} cannot draw {missing!r}")
-    # Font sizes fall in 4-px buckets so the font and glyph caches stay small.
-    size = max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
+    size = _font_size(height, rng)
     return finish_line(layout_font_line(text, str(font_path), size, rng), size, rng, height)
+
+
+def _font_size(height: int, rng: np.random.Generator) -> int:
+    """A drawing size around the line height, in 4-px buckets so the font and glyph caches stay small."""
+    return max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
 
 
 def _ink_box(alpha: np.ndarray) -> np.ndarray:
@@ -345,7 +349,7 @@ def render_scan_line(
         return render_line(text, font_path, rng, height)
     st = STYLES[style]
     path = str(font_path)
-    size = max(12, 4 * round(height * rng.uniform(0.8, 1.5) / 4))
+    size = _font_size(height, rng)
     alpha = shape_line(layout_font_line(text, path, size, rng, rng.uniform(*st.tracking)), size, rng, height)
     if neighbour_text is not None and rng.random() < st.neighbours:
 
