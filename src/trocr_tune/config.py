@@ -413,6 +413,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str, raw_keys: set[str]) -
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
+        if not isinstance(name, str):  # YAML reads `1: x` or `true: x` as a non-string key
+            raise UserError(f"config key {prefix}{name!r} must be a name, got {type(name).__name__}")
         key = prefix + name
         if name not in fields:
             raise _unknown_key(key)
@@ -448,6 +450,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise UserError(f"config file not found: {p}")
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{p}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f":{line + 1}" if line is not None else ""

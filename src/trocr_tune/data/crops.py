@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import UserError
+from .images import ImageProblem, decoded, open_image, to_rgb
 
 OUTSIDE_PAGE = "line box outside the page image"
+NOT_FINITE = "line box with NaN or infinite coordinates"
+ZERO_SIZE = "line box of zero width or height"
 PAGE_IMAGE_UNREADABLE = "page image unreadable"
 
 Point = tuple[float, float]
@@ -38,6 +42,7 @@ class Region:
 class Crop:
     path: str
     size: tuple[int, int]
+    clamped: bool = False  # the box reached past the page and was cut to it
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +66,7 @@ def parse_points(text: str) -> tuple[Point, ...]:
 class CropCache:
     """Crops regions of page images with padding and an optional polygon mask, cached on disk."""
 
-    VERSION = 1  # bump when the cropping code changes what it writes
+    VERSION = 2  # bump when the cropping code changes what it writes
 
     def __init__(self, cache_dir: str | Path | None, padding: int, polygon_mask: bool) -> None:
         self.root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
@@ -88,14 +93,15 @@ class CropCache:
             self.pages_cached += 1
             cached = json.loads(index.read_text(encoding="utf-8"))
             return {
-                k: (Crop(str(folder / v[0]), (v[1], v[2])) if isinstance(v, list) else v)
+                k: (Crop(str(folder / v[0]), (v[1], v[2]), bool(v[3])) if isinstance(v, list) else v)
                 for k, v in cached.items()
             }
         try:
-            with Image.open(image) as opened:
-                page = opened.convert("RGB") if opened.mode not in ("L", "RGB") else opened.copy()
-        except (OSError, ValueError) as exc:
-            return {r.key: f"{PAGE_IMAGE_UNREADABLE} ({type(exc).__name__})" for r in regions}
+            with open_image(image) as opened:
+                decoded(opened)
+                page = opened.copy() if opened.mode in ("L", "RGB") else to_rgb(opened)
+        except ImageProblem as problem:
+            return {r.key: f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})" for r in regions}
         self.pages_cropped += 1
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -111,16 +117,24 @@ class CropCache:
                 out[region.key] = stored[region.key] = result
                 continue
             name = f"{i:05d}.png"
-            result.save(folder / name, compress_level=1)  # speed over size: a cache, not an archive
-            out[region.key] = Crop(str(folder / name), result.size)
-            stored[region.key] = [name, result.size[0], result.size[1]]
+            crop, clamped = result
+            crop.save(folder / name, compress_level=1)  # speed over size: a cache, not an archive
+            out[region.key] = Crop(str(folder / name), crop.size, clamped)
+            stored[region.key] = [name, crop.size[0], crop.size[1], clamped]
         tmp = folder / "index.json.tmp"
         tmp.write_text(json.dumps(stored, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, index)
         return out
 
-    def _crop(self, page: Image.Image, region: Region) -> Image.Image | str:
+    def _crop(self, page: Image.Image, region: Region) -> tuple[Image.Image, bool] | str:
+        """(crop, whether the box was clamped to the page) or the reason the region is dropped."""
+        points = [*region.box, *(v for point in region.polygon or () for v in point)]
+        if not all(math.isfinite(v) for v in points):
+            return NOT_FINITE
         x0, y0, x1, y1 = region.box
+        if x1 <= x0 or y1 <= y0:  # padding would turn it into a crop of blank margin
+            return ZERO_SIZE
+        clamped = x0 < 0 or y0 < 0 or x1 > page.width or y1 > page.height
         p = self.padding
         left, top = max(0, int(np.floor(x0)) - p), max(0, int(np.floor(y0)) - p)
         right, bottom = (
@@ -146,4 +160,4 @@ class CropCache:
                 tuple(int(v) for v in paper) if pixels.ndim == 3 else int(paper[0]),
             )
             crop = Image.composite(crop, fill, mask)
-        return crop
+        return crop, clamped

@@ -12,21 +12,14 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from ..model.tokenizer import encode_label
 from .augment import build_policy
+from .images import load_rgb
 from .records import LineSample
 
 # Smallest image side the augmentation policies get: a side of fewer than ~5 px has no grid cells.
 MIN_AUGMENT_SIDE = 16
-
-
-def load_rgb(path: str) -> np.ndarray:
-    """An RGB uint8 array of the image (EXIF orientation is not applied: page XML coordinates
-    and line crops refer to the stored pixels)."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 class LineDataset(torch.utils.data.Dataset):

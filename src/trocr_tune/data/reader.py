@@ -8,17 +8,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from ..config import SPLITS, DataConfig
 from ..errors import UserError
+from .images import MISSING_IMAGE, ImageProblem, decoded, open_image
+from .images import UNREADABLE_IMAGE as UNREADABLE_IMAGE
 from .layouts import LAYOUTS
 from .records import DropLog, LineSample
 from .splits import assign_splits
 from .text import TextNormalizer
 
-MISSING_IMAGE = "image file missing"
-UNREADABLE_IMAGE = "unreadable or corrupt image"
 SMALL_IMAGE = "image smaller than data.min_image_side"
 NARROW_IMAGE = "image narrower than its text (a vertical or broken line box)"
 DUPLICATE_ID = "duplicate id"
@@ -60,14 +58,12 @@ def too_narrow(size: tuple[int, int], text: str) -> bool:
 def image_size(path: str, mode: str) -> tuple[tuple[int, int] | None, str | None]:
     """(size, None) for a readable image, or (None, drop reason). `mode`: header or decode."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if mode == "decode":
-                im.load()
+                decoded(im)
             return im.size, None
-    except FileNotFoundError:
-        return None, MISSING_IMAGE
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None, UNREADABLE_IMAGE
+    except ImageProblem as problem:
+        return None, problem.reason
 
 
 def clean(samples: Iterator[LineSample], cfg: DataConfig, log: DropLog) -> Iterator[LineSample]:
@@ -126,5 +122,10 @@ def read_dataset(cfg: DataConfig, log: DropLog | None = None) -> ReadResult:
 
 
 def _dropped(log: DropLog) -> str:
+    """Each reason with its count and first example (the example carries e.g. the XML parse error)."""
     reasons = log.by_reason()
-    return ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "nothing"
+    parts = []
+    for reason, n in reasons.most_common():
+        example = log.examples.get(reason, [])
+        parts.append(f"{n} {reason}" + (f" (e.g. {example[0]})" if example else ""))
+    return ", ".join(parts) or "nothing"

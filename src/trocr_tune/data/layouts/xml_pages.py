@@ -189,6 +189,7 @@ def _read_pages(
     cache = CropCache(cfg.cache_dir, cfg.crop_padding, cfg.polygon_mask)
     owner: dict[Path, Path] = {}  # page image -> the XML file that gave it first
     duplicates: list[str] = []
+    clamped: list[str] = []
     pages = 0
     for xml in files:
         rel = xml.relative_to(base)
@@ -233,6 +234,8 @@ def _read_pages(
             if not isinstance(crop, Crop):
                 log.drop(crop, source)
                 continue
+            if crop.clamped:
+                clamped.append(source)
             meta = {"page": page_rel, "manuscript": manuscript, "line_type": ";".join(ln.types)}
             yield LineSample(
                 crop.path,
@@ -247,6 +250,11 @@ def _read_pages(
         log.note(
             f"{len(duplicates)} XML files name a page image that an earlier file (sorted order) "
             f"already gave, e.g. {duplicates[0]}: their lines were skipped; {CHOOSE}"
+        )
+    if clamped:
+        log.note(
+            f"{len(clamped)} line boxes reach past their page image and were cut to it (kept), "
+            f"e.g. {', '.join(clamped[:3])}"
         )
     log.note(
         f"{kind}: {pages} pages from {len(files)} XML files; crops: {cache.pages_cropped} pages cropped, "
