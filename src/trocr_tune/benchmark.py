@@ -172,7 +172,7 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
     else:
         bundle = load_bundle(job["model"])
         runner = get_variant(spec.name).apply(bundle, ocfg, device)
-    pixels = torch.load(job["pixels"])
+    pixels = torch.load(job["pixels"], weights_only=True)
     kwargs = generation_kwargs(bundle, EvalConfig(**job["eval"]), job["budget"])
     batches = list(torch.split(pixels, settings.batch_size))
     # Warm up on every distinct batch shape the timed runs will see (a smaller last batch would

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -161,7 +162,17 @@ def resolve_model_name(name: str) -> str:
         if not (folder / "config.json").is_file():
             raise UserError(f"the built-in model {name!r} is missing from this installation ({folder})")
         return str(folder)
-    return name
+    if _looks_like_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise UserError(f"model folder {name} does not exist (not looking it up on the hub)")
+    return os.path.expanduser(name) if name.startswith("~") else name
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local folder, not a hub id: absolute, ./ ../ ~, or a parent folder that exists here."""
+    if os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    parent = os.path.dirname(name.rstrip("/\\"))
+    return bool(parent) and os.path.isdir(parent)
 
 
 def _load_pretrained(name: str) -> tuple[VisionEncoderDecoderModel, TrOCRProcessor]:
@@ -172,6 +183,12 @@ def _load_pretrained(name: str) -> tuple[VisionEncoderDecoderModel, TrOCRProcess
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load checkpoint {name!r}: {first}") from None
+    except pickle.UnpicklingError:
+        # torch.load(weights_only=True) met pickled Python objects beyond tensors: never run them.
+        raise UserError(
+            f"cannot load checkpoint {name!r}: its pytorch_model.bin holds pickled Python objects, "
+            "not just weights, and is refused; convert it to model.safetensors where it is trusted"
+        ) from None
     return model, processor
 
 
