@@ -153,3 +153,26 @@ def word_manifest(root: Path, words: list[str] | None = None, validation: int = 
     manifest = root / "words.jsonl"
     manifest.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     return manifest
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height (Pillow checks its pixel limit on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def truncated_image(path: Path, text: str = "cut") -> Path:
+    """A line image cut in half: its header reads fine, decoding fails ("image file is truncated")."""
+    render(text, path, height=40)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path

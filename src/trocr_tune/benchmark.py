@@ -35,7 +35,7 @@ from .data.dataset import LineDataset, collate
 from .data.reader import read_dataset
 from .errors import UserError
 from .evaluate import score_predictions
-from .model.loading import load_bundle, max_new_tokens_for
+from .model.loading import decoding_budget, load_bundle
 from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
 from .optimize.run import artifact_size
 from .predict import Prediction, generation_kwargs, pick_device
@@ -283,7 +283,7 @@ def benchmark(
         else:
             runnable.append(spec)
     out.mkdir(parents=True, exist_ok=True)
-    budget = max(bundle.info.max_new_tokens, max_new_tokens_for(bundle.tokenizer, [s.text for s in samples]))
+    budget, _ = decoding_budget(bundle, [s.text for s in samples])  # within the decoder positions
     with tempfile.TemporaryDirectory() as tmp:
         # The same pixels for everyone: preprocess once with the baseline's processor.
         dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)

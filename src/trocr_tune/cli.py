@@ -476,11 +476,13 @@ def evaluate_command(
     from .predict import pick_device
 
     cfg = config_from_args(args)
-    samples = read_dataset(cfg.data).split(cfg.data.split)
+    result = read_dataset(cfg.data)
+    samples = result.split(cfg.data.split)
     if not samples:
         raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
     bundle, runner = load_runner(model_path, pick_device(device), cfg.optimize)
-    report = evaluate_bundle(bundle, samples, cfg.eval, device, workers, runner=runner)
+    unscored = result.log.only(cfg.data.split)
+    report = evaluate_bundle(bundle, samples, cfg.eval, device, workers, runner=runner, unscored=unscored)
     print_report(report)
     if out:
         write_report(report, out, cfg)
@@ -557,10 +559,14 @@ def predict_command(
     """
     from .config import EvalConfig
     from .optimize import load_runner
-    from .predict import collect_images, pick_device, transcribe, write_predictions
+    from .predict import collect_images, pick_device, readable_images, transcribe, write_predictions
     from .predict import shard as take_shard
 
-    images = take_shard(collect_images(inputs, manifest_images), shard)
+    images, skipped = readable_images(take_shard(collect_images(inputs, manifest_images), shard))
+    for path, reason in skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not images:
+        raise UserError(f"none of the {len(skipped)} images is readable (see the lines above)")
     bundle, runner = load_runner(model_path, pick_device(device))
     cfg = EvalConfig(
         batch_size=batch_size,
@@ -573,10 +579,11 @@ def predict_command(
     predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
     if out:
         write_predictions(images, predictions, out)
-        click.echo(f"wrote {len(images)} predictions to {out}", err=True)
+        click.echo(f"wrote {len(images)} predictions to {out}; {len(skipped)} images skipped", err=True)
     else:
         for path, p in zip(images, predictions, strict=True):
             click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
+        click.echo(f"{len(images)} predictions; {len(skipped)} images skipped", err=True)
 
 
 @cli.command("lm")

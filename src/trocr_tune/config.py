@@ -17,6 +17,7 @@ from typing import Any, Union
 import yaml
 
 from .errors import UserError
+from .files import atomic_write_text
 
 SPLITS = ("train", "validation", "test")
 NEW_CHARACTERS = ("union", "new", "fail")
@@ -484,7 +485,4 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (loadable again by `load_config`)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return p
+    return atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True))

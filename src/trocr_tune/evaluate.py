@@ -13,10 +13,13 @@ from typing import Any
 from rapidfuzz.distance import Levenshtein
 
 from .config import Config, EvalConfig, save_config
-from .data.records import LineSample
+from .data.records import DropLog, LineSample
+from .errors import UserError
+from .files import atomic_open, atomic_write_text
 from .metrics import MetricNormalizer, Metrics, compute_metrics, score_sample
-from .model.loading import ModelBundle, max_new_tokens_for
-from .predict import Prediction, pick_device, transcribe
+from .model.loading import ModelBundle, decoding_budget
+from .model.tokenizer import check_coverage
+from .predict import Prediction, pick_device, readable_images, transcribe
 
 EMPTY = "∅"
 
@@ -39,6 +42,9 @@ class EvalReport:
     seconds: float
     lines_per_second: float
     confusions: list[tuple[str, str, int]] = field(default_factory=list)  # (reference, predicted, count)
+    # Lines of the split that were not scored (dropped when read, or images that do not decode).
+    unscored: DropLog = field(default_factory=DropLog)
+    notes: list[str] = field(default_factory=list)
 
     def worst(self, n: int = 20) -> list[SampleResult]:
         return sorted(self.samples, key=lambda r: (-r.cer, r.id))[:n]
@@ -48,6 +54,9 @@ class EvalReport:
             **self.metrics.as_dict(),
             "seconds": self.seconds,
             "lines_per_second": self.lines_per_second,
+            "unscored": self.unscored.total(),
+            "unscored_by_reason": dict(self.unscored.by_reason().most_common()),
+            "notes": self.notes,
         }
 
 
@@ -92,14 +101,40 @@ def evaluate_bundle(
     device: str = "auto",
     num_workers: int = 0,
     runner: Any = None,
+    unscored: DropLog | None = None,
 ) -> EvalReport:
-    """Transcribe `samples` with generate (never teacher forcing) and score them."""
-    # Labels longer than the checkpoint's budget must still be reachable.
-    budget = max(bundle.info.max_new_tokens, max_new_tokens_for(bundle.tokenizer, [s.text for s in samples]))
+    """Transcribe `samples` with generate (never teacher forcing) and score them.
+
+    Lines whose image does not decode are left out and counted in the report's `unscored`,
+    beside what `unscored` (e.g. the split's drops when it was read) already holds.
+    """
+    unscored = unscored if unscored is not None else DropLog()
+    by_image = {s.image: s for s in samples}
+    _, bad = readable_images([s.image for s in samples])
+    for image, reason in bad:
+        unscored.drop(reason, by_image[image].source, by_image[image].split)
+    broken = {image for image, _ in bad}
+    samples = [s for s in samples if s.image not in broken]
+    if not samples:
+        raise UserError(f"no line could be scored: {unscored.describe() or 'the split is empty'}")
+    texts = [s.text for s in samples]
+    notes = []
+    # Labels longer than the checkpoint's budget must still be reachable, up to what it can emit.
+    budget, cut = decoding_budget(bundle, texts)
+    if cut:
+        notes.append(
+            f"{cut} references are longer than the model can emit ({budget} tokens): "
+            "their predictions stop there"
+        )
+    coverage = check_coverage(bundle.tokenizer, texts)
+    if not coverage.ok:
+        notes.append(f"the tokenizer cannot encode {coverage.describe()}: they always count as errors")
     predictions, seconds = transcribe(
         bundle, [s.image for s in samples], cfg, pick_device(device), num_workers, budget, runner=runner
     )
-    return score_predictions(samples, predictions, cfg, seconds)
+    report = score_predictions(samples, predictions, cfg, seconds)
+    report.unscored, report.notes = unscored, notes
+    return report
 
 
 def write_report(report: EvalReport, out: Path, config: Config | None = None) -> dict[str, Path]:
@@ -111,13 +146,13 @@ def write_report(report: EvalReport, out: Path, config: Config | None = None) ->
         "worst": out / "worst.csv",
         "confusions": out / "confusions.csv",
     }
-    paths["metrics"].write_text(json.dumps(report.summary(), indent=2), encoding="utf-8")
+    atomic_write_text(paths["metrics"], json.dumps(report.summary(), indent=2, ensure_ascii=False))
     for key, rows in (("predictions", report.samples), ("worst", report.worst())):
-        with paths[key].open("w", encoding="utf-8", newline="") as fh:
+        with atomic_open(paths[key], newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(SampleResult.__dataclass_fields__))
             writer.writeheader()
             writer.writerows(asdict(r) for r in rows)
-    with paths["confusions"].open("w", encoding="utf-8", newline="") as fh:
+    with atomic_open(paths["confusions"], newline="") as fh:
         table = csv.writer(fh)
         table.writerow(["reference", "predicted", "count"])
         table.writerows(report.confusions)
@@ -148,3 +183,10 @@ def print_report(report: EvalReport, console: Any = None) -> None:
     if report.confusions:
         conf = "  ".join(f"{r}→{p}:{n}" for r, p, n in report.confusions[:20])
         con.print(f"[bold]top character confusions[/bold] (reference→predicted): {conf}", highlight=False)
+    if report.unscored.total():
+        con.print(
+            f"not scored: {report.unscored.total()} lines of the split: {report.unscored.describe()}",
+            highlight=False,
+        )
+    for note in report.notes:
+        con.print(f"note: {note}", highlight=False)

@@ -13,7 +13,9 @@ import torch
 
 from .config import EvalConfig
 from .data.dataset import LineDataset, collate
+from .data.images import image_problem
 from .errors import UserError
+from .files import atomic_open
 from .model.charlm import CHAR_LM_FILE
 from .model.loading import ModelBundle
 
@@ -133,6 +135,20 @@ def transcribe(
     return predictions, time.perf_counter() - start
 
 
+def readable_images(images: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(images that decode, [(image, reason)] for the rest): zero-byte, non-image, truncated,
+    bomb-sized or tiny files are reported instead of stopping a whole batch."""
+    good: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for path in images:
+        reason = image_problem(path)
+        if reason is None:
+            good.append(path)
+        else:
+            bad.append((path, reason))
+    return good, bad
+
+
 def collect_images(
     inputs: Sequence[str], manifest_loader: Callable[[Path], list[str]] | None = None
 ) -> list[str]:
@@ -173,8 +189,7 @@ def write_predictions(images: Sequence[str], predictions: Sequence[Prediction], 
     import csv
     import json
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as fh:
+    with atomic_open(out, newline="") as fh:
         if out.suffix.lower() in (".jsonl", ".ndjson", ".json"):
             for path, p in zip(images, predictions, strict=True):
                 fh.write(

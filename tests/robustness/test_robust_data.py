@@ -15,6 +15,7 @@ from trocr_tune.config import load_config
 from trocr_tune.data.reader import ReadResult, read_dataset
 from trocr_tune.errors import UserError
 
+from builders import png_claiming_size
 from conftest import line_image
 
 
@@ -118,33 +119,11 @@ def test_row02_transparent_and_16_bit_images_reach_the_model_readable(tmp_path: 
         assert pixels[10, 20].max() < 60, name  # ink stays dark, not clipped to white
 
 
-def _png_header(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height (Pillow checks the pixel limit on open)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    data = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
-    return path
-
-
-def _truncated(path: Path, text: str = "cut") -> Path:
-    line_image(path, text, size=(200, 40))
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return path
-
-
 def test_row10_decompression_bombs_are_counted_skips(tmp_path: Path) -> None:
     root = tmp_path / "m"
     line_image(root / "ok.png", "ok", size=(40, 16))
-    _png_header(root / "bomb.png", 20000, 20000)  # DecompressionBombError
-    _png_header(root / "huge.png", 10000, 10000)  # 100 MP: Pillow only warns
+    png_claiming_size(root / "bomb.png", 20000, 20000)  # DecompressionBombError
+    png_claiming_size(root / "huge.png", 10000, 10000)  # 100 MP: Pillow only warns
     rows = [{"image": n, "text": n, "split": "train"} for n in ("ok.png", "bomb.png", "huge.png")]
     (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     with warnings.catch_warnings():
@@ -155,7 +134,7 @@ def test_row10_decompression_bombs_are_counted_skips(tmp_path: Path) -> None:
     # A bomb as an ALTO page image: the page's lines are counted, nothing raises.
     pages = tmp_path / "alto"
     _alto(pages / "p.xml", "p.png", [("l1", "10", "10", "100", "20", "a line")])
-    _png_header(pages / "p.png", 20000, 20000)
+    png_claiming_size(pages / "p.png", 20000, 20000)
     with pytest.raises(UserError, match=r"page image unreadable \(image over Pillow"):
         read("data.layout=alto", f"data.root={pages}", f"data.cache_dir={tmp_path / 'cache'}")
 

@@ -122,10 +122,4 @@ def read_dataset(cfg: DataConfig, log: DropLog | None = None) -> ReadResult:
 
 
 def _dropped(log: DropLog) -> str:
-    """Each reason with its count and first example (the example carries e.g. the XML parse error)."""
-    reasons = log.by_reason()
-    parts = []
-    for reason, n in reasons.most_common():
-        example = log.examples.get(reason, [])
-        parts.append(f"{n} {reason}" + (f" (e.g. {example[0]})" if example else ""))
-    return ", ".join(parts) or "nothing"
+    return log.describe() or "nothing"

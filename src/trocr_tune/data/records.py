@@ -64,6 +64,26 @@ class DropLog:
         if message not in self.notes:
             self.notes.append(message)
 
+    def only(self, split: str) -> DropLog:
+        """The drops of one split, plus those made before any split was known (marked so)."""
+        out = DropLog(self.examples_per_reason)
+        for (s, reason), n in self.counts.items():
+            if s not in (split, ALL):
+                continue
+            label = reason if s == split else f"{reason} (before splitting)"
+            examples = self.split_examples.get(s, {}).get(reason, [])
+            for i, source in enumerate(examples or [""]):
+                out.drop(label, source, split, count=n - len(examples) + 1 if i == 0 else 1)
+        return out
+
+    def describe(self) -> str:
+        """'3 image file missing (e.g. a.csv:4), 1 ...': every reason with its count and an example."""
+        parts = []
+        for reason, n in self.by_reason().most_common():
+            example = self.examples.get(reason, [])
+            parts.append(f"{n} {reason}" + (f" (e.g. {example[0]})" if example and example[0] else ""))
+        return ", ".join(parts)
+
     def total(self, split: str | None = None) -> int:
         return sum(n for (s, _), n in self.counts.items() if split is None or s == split)
 

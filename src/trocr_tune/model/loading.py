@@ -70,6 +70,26 @@ def max_new_tokens_for(tokenizer: Any, texts: Sequence[str]) -> int:
     return longest + max(2, math.ceil(0.1 * longest))
 
 
+def decoding_budget(bundle: ModelBundle, texts: Sequence[str]) -> tuple[int, int]:
+    """(budget, lines cut): enough new tokens for the longest of `texts`, but no more than the
+    decoder's position table can emit (past it, generate fails with an IndexError); the second
+    value counts the texts longer than that cap."""
+    tokenizer = bundle.tokenizer
+    wanted = max(bundle.info.max_new_tokens, max_new_tokens_for(tokenizer, texts))
+    cap = emit_limit(bundle.model)
+    if cap is None or wanted <= cap:
+        return wanted, 0
+    return cap, sum(len(encode_label(tokenizer, t)) > cap for t in texts)
+
+
+def emit_limit(model: VisionEncoderDecoderModel) -> int | None:
+    """The most new tokens the decoder's position table allows (build_for_training's rule: the
+    start token and room for eos), None when the decoder has no such table."""
+    decoder_config: Any = model.config.decoder
+    positions = getattr(decoder_config, "max_position_embeddings", None)
+    return positions - 2 if isinstance(positions, int) else None
+
+
 def set_generation_budget(model: VisionEncoderDecoderModel, max_new_tokens: int) -> None:
     """Store the budget as `max_length` = 1 decoder-start token + `max_new_tokens`.
 
@@ -268,6 +288,9 @@ def load_bundle(path: str | os.PathLike[str]) -> ModelBundle:
         height, width = encoder_image_size(model) or (384, 384)
         max_new = model.generation_config.max_new_tokens or 128
         info = ModelInfo(name, "processor", height, width, max_new)
+    limit = emit_limit(model)
+    if limit is not None:  # a budget past the position table ends in an IndexError mid-generate
+        info.max_new_tokens = min(info.max_new_tokens, limit)
     resolve_special_tokens(model, processor.tokenizer)
     set_generation_budget(model, info.max_new_tokens)
     check_special_tokens(model, processor.tokenizer)

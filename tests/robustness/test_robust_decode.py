@@ -1,0 +1,121 @@
+"""Issue 18, evaluate and predict: every line not scored is reported, bad images are skipped, no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trocr_tune.cli import main
+from trocr_tune.config import EvalConfig
+from trocr_tune.data.records import LineSample
+from trocr_tune.evaluate import evaluate_bundle
+from trocr_tune.model.loading import load_bundle
+
+from builders import build_char_checkpoint, png_claiming_size, truncated_image
+from conftest import line_image
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz "
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny preset (64 decoder positions) whose tokenizer knows a-z and space."""
+    return build_char_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", [LETTERS], height=16, width=64)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    out = capsys.readouterr()
+    return int(done.value.code or 0), out.out, out.err
+
+
+def test_row04_evaluate_reports_every_line_it_could_not_score(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    rows = []
+    for i in range(3):
+        line_image(root / f"{i}.png", "abc", size=(48, 16))
+        rows.append({"image": f"{i}.png", "text": "abc", "split": "test"})
+    rows.append({"image": "gone.png", "text": "missing", "split": "test"})
+    truncated_image(root / "cut.png")  # its header reads fine: only decoding finds it
+    rows.append({"image": "cut.png", "text": "cut", "split": "test"})
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    report = tmp_path / "report"
+    code, out, err = run(
+        capsys, "evaluate", str(checkpoint), "data.layout=manifest", f"data.root={root}", "--out", str(report)
+    )
+    assert code == 0, err
+    assert "3 lines" in out and "not scored: 2 lines of the split" in out
+    assert "image file missing" in out and "truncated image file" in out
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["n"] == 3 and metrics["unscored"] == 2
+    assert metrics["unscored_by_reason"] == {"image file missing": 1, "truncated image file": 1}
+
+
+def test_row08_references_longer_than_the_decoder_are_capped_and_reported(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    bundle = load_bundle(checkpoint)
+    assert bundle.model.config.decoder.max_position_embeddings == 64
+    long_text = ("abcdefghij " * 9).strip()  # 98 characters: over the 64 positions
+    image = line_image(tmp_path / "long.png", "long", size=(120, 16))
+    short = line_image(tmp_path / "short.png", "short", size=(48, 16))
+    samples = [
+        LineSample(str(image), long_text, "test", "long", "long"),
+        LineSample(str(short), "abc", "test", "short", "short"),
+    ]
+    report = evaluate_bundle(bundle, samples, EvalConfig(batch_size=2))  # was IndexError
+    assert report.metrics.n == 2
+    assert report.notes == [
+        "1 references are longer than the model can emit (62 tokens): their predictions stop there"
+    ]
+    assert report.summary()["notes"] == report.notes
+
+
+def test_row11_predict_skips_bad_images_and_answers_for_the_rest(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    good = line_image(folder / "good.png", "abc", size=(48, 16))
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image", encoding="utf-8")
+    truncated_image(folder / "cut.png")
+    png_claiming_size(folder / "bomb.png", 20000, 20000)
+    line_image(folder / "dot.png", "", size=(1, 1))
+    line_image(folder / "flat.png", "", size=(60, 3))
+    code, out, err = run(capsys, "predict", str(checkpoint), str(folder))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(good)]
+    reasons = {
+        "empty.png": "unreadable or corrupt image",
+        "text.png": "unreadable or corrupt image",
+        "cut.png": "truncated image file",
+        "bomb.png": "decompression-bomb",
+        "dot.png": "smaller than 4 px",
+        "flat.png": "smaller than 4 px",
+    }
+    for name, reason in reasons.items():
+        line = next(x for x in err.splitlines() if x.startswith(f"skipped {folder / name}:"))
+        assert reason in line, line
+    assert "1 predictions; 6 images skipped" in err and "Traceback" not in err
+    written = tmp_path / "out.csv"
+    code, _, err = run(capsys, "predict", str(checkpoint), str(folder), "--out", str(written))
+    assert code == 0 and "wrote 1 predictions" in err and "6 images skipped" in err
+    assert written.read_text(encoding="utf-8").splitlines()[1].startswith(str(good))
+
+
+def test_row19_evaluate_notes_references_the_tokenizer_cannot_encode(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    image = line_image(tmp_path / "l.png", "x", size=(48, 16))
+    samples = [LineSample(str(image), "ABC é", "test", "a", "a")]
+    report = evaluate_bundle(load_bundle(checkpoint), samples, EvalConfig())
+    assert len(report.notes) == 1
+    note = report.notes[0]
+    assert note.startswith("the tokenizer cannot encode 4 characters in 1/1 labels: ")
+    assert all(repr(c) in note for c in "ABCé") and note.endswith("they always count as errors")
