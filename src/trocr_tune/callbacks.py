@@ -1,4 +1,4 @@
-"""Trainer callbacks: Ctrl-C checkpointing, a wall-clock budget with a time-based schedule, progress."""
+"""Trainer callbacks: SIGINT/SIGTERM checkpointing, a wall-clock budget with a time schedule, progress."""
 
 from __future__ import annotations
 
@@ -16,23 +16,40 @@ BUDGET_FILE = "time_budget.json"
 
 
 class GracefulInterrupt(TrainerCallback):
-    """On Ctrl-C: finish the current step, save a checkpoint, stop; `train.resume=true` continues."""
+    """On Ctrl-C (SIGINT) or SIGTERM: finish the current step, save a checkpoint, stop.
+
+    `train.resume=true` continues from that checkpoint. A second signal stops at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:  # second Ctrl-C: stop now
+            if self.requested:  # second signal: stop now
                 raise KeyboardInterrupt
             self.requested = True
-            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)", flush=True)
+            self.signum = signum
+            name = signal.Signals(signum).name
+            print(
+                f"\n{name}: saving a checkpoint after this step (send it again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
-        try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread
+                break
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.requested:
@@ -41,8 +58,10 @@ class GracefulInterrupt(TrainerCallback):
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            if previous is not None:  # None: a handler not installed from Python
+                signal.signal(signum, previous)
+        self._previous = {}
 
 
 class TimeBudget(TrainerCallback):

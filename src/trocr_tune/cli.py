@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -431,6 +432,18 @@ def train_command(args: tuple[str, ...]) -> None:
     result = train(config_from_args(args))
     if not is_main_process():
         return
+    if result.interrupted is not None:
+        import signal
+
+        name = signal.Signals(result.interrupted).name
+        step = result.metrics["train"]["optimizer_steps"]
+        saved = result.output_dir / "checkpoints"
+        click.echo(
+            f"trocr-tune: {name} at step {step}: a checkpoint was saved in {saved} and no final model "
+            "written; run the same command with train.resume=true to continue",
+            err=True,
+        )
+        sys.exit(128 + result.interrupted)
     if "eval" in result.metrics:
         m = result.metrics["eval"]
         click.echo(
@@ -584,6 +597,179 @@ def predict_command(
         for path, p in zip(images, predictions, strict=True):
             click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
         click.echo(f"{len(images)} predictions; {len(skipped)} images skipped", err=True)
+
+
+# Keys `transcribe` reads from KEY=VALUE arguments: decoding, the variant, and how lines are cropped.
+TRANSCRIBE_KEYS = (
+    "eval.",
+    "optimize.",
+    "data.line_types",
+    "data.crop_padding",
+    "data.polygon_mask",
+    "data.cache_dir",
+    "data.xml_glob",
+)
+TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test keeps them equal)
+
+
+@cli.command("transcribe")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("inputs", nargs=-1, required=True, metavar="XML|DIR... [KEY=VALUE]...")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the results; each input keeps its path relative to the folder it was found in "
+    "(a file given directly: its name).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(TRANSCRIBE_FORMATS),
+    default=None,
+    help="alto / page: the filled documents (the input's own format; no conversion between the two); "
+    "txt: one text file per page, a line per TextLine; jsonl: OUT/transcriptions.jsonl, a record per "
+    "line (page, line, text, confidence, box). Default: each document in its own format.",
+)
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Overwrite the input XML files with the filled ones (instead of --out).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML recipe whose eval.* and data crop keys apply (e.g. the one the model was trained with).",
+)
+@click.option(
+    "--line-types",
+    default=None,
+    help="Comma-separated line or block types to read, e.g. Handwritten (data.line_types); lines of "
+    "other types are left as they were. Default: every line.",
+)
+@click.option(
+    "--crop-padding",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Pixels added around each line box (data.crop_padding, default 4).",
+)
+@click.option(
+    "--polygon-mask/--no-polygon-mask",
+    default=None,
+    help="Blank out what lies outside each line's polygon (data.polygon_mask, default off).",
+)
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Lines per generate call (eval.batch_size, default 16).",
+)
+@click.option(
+    "--num-beams", default=None, type=click.IntRange(min=1), help="Beam width (eval.num_beams, default 1)."
+)
+@click.option(
+    "--ctc-rescore",
+    default=None,
+    type=click.FloatRange(0.0, 1.0),
+    help="With --num-beams > 1: weight of the encoder-CTC log-likelihood (eval.ctc_rescore).",
+)
+@click.option(
+    "--lm-weight",
+    default=None,
+    type=click.FloatRange(min=0.0),
+    help="With --num-beams > 1: weight of MODEL/char_lm.json in each beam's score (eval.lm_weight).",
+)
+@click.option(
+    "--lm-fusion",
+    default=None,
+    type=click.FloatRange(min=0.0),
+    help="Shallow fusion weight of MODEL/char_lm.json at every step (eval.lm_fusion).",
+)
+@click.option(
+    "--length-bonus",
+    default=None,
+    type=float,
+    help="With --ctc-rescore or --lm-weight: per-token bonus (eval.rescore_length_bonus).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option(
+    "--workers", default=0, show_default=True, help="DataLoader worker processes for the line crops."
+)
+def transcribe_command(
+    model_path: str,
+    inputs: tuple[str, ...],
+    out: Path | None,
+    fmt: str | None,
+    in_place: bool,
+    config_path: Path | None,
+    line_types: str | None,
+    crop_padding: int | None,
+    polygon_mask: bool | None,
+    batch_size: int | None,
+    num_beams: int | None,
+    ctc_rescore: float | None,
+    lm_weight: float | None,
+    lm_fusion: float | None,
+    length_bonus: float | None,
+    device: str,
+    workers: int,
+) -> None:
+    """Fill ALTO (v2-v4) or PAGE (2013/2019) files with MODEL's reading of every TextLine.
+
+    \b
+    Inputs are XML files or folders (searched with data.xml_glob, default **/*.xml); other XML is
+    ignored. Each page image is found as the alto/page layouts find it (fileName/imageFilename,
+    else the XML's name with an image extension). Lines are cropped as in training and decoded
+    as predict does. Only text changes: ALTO String@CONTENT with WC (0-1), PAGE
+    TextEquiv/Unicode with @conf (0-1); every ID, other attribute and namespace is kept. A page
+    without its image, or a line outside it, is skipped and reported; exit code 2 when nothing
+    could be read. KEY=VALUE sets eval.*, optimize.* and data.line_types / crop_padding /
+    polygon_mask / cache_dir / xml_glob. See docs/transcribe.md.
+    \b
+    Example:
+      trocr-tune transcribe RUN/model pages/ --out filled/ data.xml_glob='**/*.alto.xml'
+    """
+    import json
+
+    from .pages import TranscribeOptions, transcribe_pages
+
+    overrides = [a for a in inputs if re.match(r"^[A-Za-z_]+\.[A-Za-z_.]+=", a)]
+    files = [a for a in inputs if a not in overrides]
+    for item in overrides:
+        if not item.split("=", 1)[0].startswith(TRANSCRIBE_KEYS):
+            raise UserError(
+                "transcribe reads only eval.*, optimize.* and data.line_types / crop_padding / "
+                f"polygon_mask / cache_dir / xml_glob; got {item!r}"
+            )
+    if not files:
+        raise UserError("no XML files or folders given")
+    options = {
+        "data.line_types": json.dumps([t.strip() for t in line_types.split(",") if t.strip()])
+        if line_types is not None
+        else None,
+        "data.crop_padding": crop_padding,
+        "data.polygon_mask": polygon_mask,
+        "eval.batch_size": batch_size,
+        "eval.num_beams": num_beams,
+        "eval.ctc_rescore": ctc_rescore,
+        "eval.lm_weight": lm_weight,
+        "eval.lm_fusion": lm_fusion,
+        "eval.rescore_length_bonus": length_bonus,
+    }
+    given = [
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items() if v is not None
+    ]
+    cfg = load_config(config_path, [*overrides, *given])
+    report = transcribe_pages(
+        model_path,
+        files,
+        cfg,
+        TranscribeOptions(out, fmt, in_place, workers),
+        device,
+        progress=lambda message: click.echo(message, err=True),
+    )
+    for row in report.summary():
+        click.echo(row)
 
 
 @cli.command("lm")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +31,19 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
 
 from .callbacks import GracefulInterrupt, ProgressLine, TimeBudget
 from .config import Config, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
-from .data.reader import ReadResult, read_dataset
+from .data.reader import ReadResult, decode_check, read_dataset
 from .errors import UserError
 from .evaluate import evaluate_bundle, metric_normalizer, write_report
+from .files import atomic_open, atomic_write_text
 from .metrics import compute_metrics
 from .model.charlm import CharNgramLM
 from .model.ctc import ctc_loss, encoder_grid
-from .model.loading import ModelBundle, build_for_training, check_special_tokens, save_bundle
+from .model.loading import INFO_FILE, ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage
 from .runtime import resolve_precision
 
@@ -52,6 +55,47 @@ class TrainResult:
     output_dir: Path
     model_dir: Path
     metrics: dict[str, Any]
+    # The signal (SIGINT, SIGTERM) that stopped training early, after saving a checkpoint;
+    # model_dir then holds no final model: `train.resume=true` continues the run.
+    interrupted: int | None = None
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (a save cut short), or None when complete.
+
+    The Trainer writes trainer_state.json last, after the weights, optimizer and RNG states.
+    """
+    for name in ("trainer_state.json", "config.json"):
+        try:
+            json.loads((folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"no {name}"
+        except (OSError, ValueError):
+            return f"{name} empty or unreadable"
+    weights = folder / "model.safetensors"
+    if not weights.is_file() or weights.stat().st_size == 0:
+        return "no model.safetensors"
+    return None
+
+
+def last_complete_checkpoint(checkpoints: Path) -> tuple[str | None, list[str]]:
+    """The newest complete checkpoint in `checkpoints` and one line per newer, incomplete one skipped."""
+    found = []
+    if checkpoints.is_dir():
+        for path in checkpoints.iterdir():
+            match = _CHECKPOINT.fullmatch(path.name)
+            if match and path.is_dir():
+                found.append((int(match.group(1)), path))
+    skipped: list[str] = []
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path), skipped
+        skipped.append(f"{path.name} ({problem})")
+    return None, skipped
 
 
 class LineTrainer(Seq2SeqTrainer):
@@ -258,9 +302,12 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     set_seed(cfg.train.seed)
     resume_from = None
     if cfg.train.resume:
-        resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        resume_from, skipped = last_complete_checkpoint(checkpoints)
+        for line in skipped:  # e.g. a save killed half-way: resume from the one before
+            print(f"resume: skipping incomplete checkpoint {line}", file=sys.stderr, flush=True)
         if resume_from is None:
-            raise UserError(f"train.resume=true but {checkpoints} holds no checkpoint to resume from")
+            found = f" (incomplete: {', '.join(skipped)})" if skipped else ""
+            raise UserError(f"train.resume=true but {checkpoints} holds no checkpoint to resume from{found}")
     pretrained = cfg.model.name_or_path is not None
     lr = cfg.train.learning_rate or DEFAULT_LR["pretrained" if pretrained else "preset"]
     # The arguments come first: they set up the (possibly distributed) process group, so the
@@ -268,6 +315,8 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     probe_args = _training_args(cfg, has_eval=True, checkpoints=checkpoints, learning_rate=lr)
     with probe_args.main_process_first(desc="reading the dataset"):
         result = read_dataset(cfg.data)
+        if cfg.data.check_images == "header":  # a truncated file must not stop training mid-epoch
+            decode_check(result, ("train", "validation"))
     train_samples, eval_samples = result.split("train"), result.split("validation")
     if not train_samples:
         raise UserError(
@@ -349,16 +398,26 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
         "notes": result.log.notes + notes,
     }
     bundle.info.extra["train_seconds_per_epoch"] = metrics["train"]["seconds_per_epoch"]
+    if interrupt.requested:
+        metrics["train"]["interrupted_by"] = interrupt.signal_name
+        metrics["train"]["resume"] = "run the same command with train.resume=true"
     if trainer.is_world_process_zero():
-        save_bundle(bundle, model_dir)
-        if eval_samples:
-            report = evaluate_bundle(bundle, eval_samples, cfg.eval, num_workers=cfg.train.num_workers)
-            write_report(report, out / "eval")
-            (out / "predictions.csv").write_bytes((out / "eval" / "predictions.csv").read_bytes())
-            metrics["eval"] = report.summary()
+        if interrupt.requested:
+            # No final model from a run cut short; a model/ of an earlier run must not pass for one.
+            if (model_dir / INFO_FILE).is_file():
+                shutil.rmtree(model_dir)
+        else:
+            save_bundle(bundle, model_dir)
+            if eval_samples:
+                report = evaluate_bundle(bundle, eval_samples, cfg.eval, num_workers=cfg.train.num_workers)
+                write_report(report, out / "eval")
+                with (
+                    (out / "eval" / "predictions.csv").open(encoding="utf-8", newline="") as src,
+                    atomic_open(out / "predictions.csv", newline="") as dst,
+                ):
+                    shutil.copyfileobj(src, dst)
+                metrics["eval"] = report.summary()
         plot_curves(trainer.state.log_history, out / "curves.png")
-        (out / "log_history.json").write_text(
-            json.dumps(trainer.state.log_history, indent=1), encoding="utf-8"
-        )
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
-    return TrainResult(out, model_dir, metrics)
+        atomic_write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
+    return TrainResult(out, model_dir, metrics, interrupt.signum if interrupt.requested else None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,22 @@ def clean(samples: Iterator[LineSample], cfg: DataConfig, log: DropLog) -> Itera
             continue
         seen.add(s.id)
         yield s.with_(text=text, size=size)
+
+
+def decode_check(result: ReadResult, splits: tuple[str, ...]) -> None:
+    """Fully decode the images of `splits` and drop (counted) those that fail, e.g. truncated files.
+
+    The header check of `read_dataset` cannot see a file cut short; training would then stop
+    mid-epoch on it. Pillow decodes outside the GIL, so threads share the work.
+    """
+    chosen = [s for s in result.samples if s.split in splits]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(lambda s: image_size(s.image, "decode")[1], chosen))
+    bad = {id(s): reason for s, reason in zip(chosen, reasons, strict=True) if reason is not None}
+    for s in chosen:
+        if id(s) in bad:
+            result.log.drop(bad[id(s)], s.source, s.split)
+    result.samples = [s for s in result.samples if id(s) not in bad]
 
 
 def read_dataset(cfg: DataConfig, log: DropLog | None = None) -> ReadResult:

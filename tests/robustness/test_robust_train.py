@@ -1,0 +1,210 @@
+"""Issue 18, training under interruptions and bad files: nothing lost, resumes bit-identical.
+
+One uninterrupted reference run (in this process) is shared; interrupted runs are resumed and
+their final weights compared with it tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from trocr_tune.cli import main
+from trocr_tune.config import load_config
+from trocr_tune.errors import UserError
+from trocr_tune.train import TrainResult, train
+
+from builders import truncated_image, word_manifest
+from conftest import TINY_MODEL, trocr_tune_bin
+
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def lines(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 rendered words, all in train (no validation: no generate-based evaluation to wait for)."""
+    return word_manifest(tmp_path_factory.mktemp("lines"), validation=0, test=0)
+
+
+def args(lines: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "data.layout=manifest",
+        f"data.root={lines}",
+        *TINY_MODEL,
+        "model.image_width=64",
+        "train.batch_size=4",
+        f"train.max_steps={STEPS}",
+        "train.eval_steps=4",  # a checkpoint every 4 steps
+        "train.char_lm_order=0",
+        f"train.output_dir={out}",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(lines: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    """Final weights of the uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    result = train(load_config(None, args(lines, out)))
+    assert result.metrics["train"]["optimizer_steps"] == STEPS
+    return load_file(out / "model" / "model.safetensors")
+
+
+def assert_same_weights(model_dir: Path, reference: dict[str, torch.Tensor]) -> None:
+    weights = load_file(model_dir / "model.safetensors")
+    assert weights.keys() == reference.keys()
+    different = [k for k in reference if not torch.equal(weights[k], reference[k])]
+    assert different == []
+
+
+class SignalAt(TrainerCallback):
+    """Sends this process `signum` during optimizer step `step` (as a user would, mid-step)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_row16_sigint_and_sigterm_save_stop_and_resume_bit_identical(
+    signum: int, lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor]
+) -> None:
+    stale = tmp_path / "model"
+    stale.mkdir()
+    (stale / "trocr_tune.json").write_text("{}", encoding="utf-8")  # an earlier run's model/
+    (tmp_path / "metrics.json").write_text('{"old": true}', encoding="utf-8")
+    cut: TrainResult = train(load_config(None, args(lines, tmp_path)), callbacks=[SignalAt(6, signum)])
+    assert cut.interrupted == signum
+    assert (tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").is_file()
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train"]["interrupted"] is True
+    assert metrics["train"]["interrupted_by"] == signal.Signals(signum).name
+    assert metrics["train"]["optimizer_steps"] == 6 and "train.resume=true" in metrics["train"]["resume"]
+    assert not stale.exists()  # no stale model presented as this run's result
+    assert signal.getsignal(signum) is not None  # the previous handlers are back
+    resumed = train(load_config(None, [*args(lines, tmp_path), "train.resume=true"]))
+    assert resumed.interrupted is None and resumed.metrics["train"]["optimizer_steps"] == STEPS
+    assert_same_weights(tmp_path / "model", reference)
+
+
+def test_row05_resume_skips_an_incomplete_checkpoint_and_says_so(
+    lines: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from trocr_tune.train import last_complete_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    for step in (4, 8):
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+        (folder / "model.safetensors").write_bytes(b"x")
+    (checkpoints / "checkpoint-8" / "config.json").write_bytes(b"")  # a save killed half-way
+    (checkpoints / "checkpoint-12").mkdir()
+    chosen, skipped = last_complete_checkpoint(checkpoints)
+    assert chosen == str(checkpoints / "checkpoint-4")
+    assert skipped == [
+        "checkpoint-12 (no trainer_state.json)",
+        "checkpoint-8 (config.json empty or unreadable)",
+    ]
+    (checkpoints / "checkpoint-4" / "trainer_state.json").unlink()
+    with pytest.raises(UserError, match=r"holds no checkpoint to resume from \(incomplete: checkpoint-12"):
+        train(load_config(None, [*args(lines, tmp_path), "train.resume=true"]))
+    assert "resume: skipping incomplete checkpoint checkpoint-8" in capfd.readouterr().err
+
+
+def run_main(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The console script's entry point in this process (no interpreter start-up): code, stderr."""
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    return int(done.value.code or 0), capfd.readouterr().err
+
+
+def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
+    lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Deliver 2: SIGKILL of the real `trocr-tune train` process mid-training; its newest
+    checkpoint is then left as a kill during its save leaves it (0-byte config.json, no
+    trainer_state.json); resuming skips it, says so, and ends bit-identical to the reference."""
+    proc = subprocess.Popen(
+        [trocr_tune_bin(), "train", *args(lines, tmp_path)],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = tmp_path / "checkpoints" / "checkpoint-8" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            json.loads(state.read_text(encoding="utf-8"))
+            break
+        except (OSError, ValueError):
+            time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+    assert not (tmp_path / "model").exists()
+    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert 8 in steps and steps[-1] < STEPS, steps
+    newest = tmp_path / "checkpoints" / f"checkpoint-{steps[-1]}"
+    (newest / "trainer_state.json").unlink(missing_ok=True)
+    (newest / "config.json").write_bytes(b"")
+    code, err = run_main(capfd, "train", *args(lines, tmp_path), "train.resume=true")
+    assert code == 0, err[-2000:]
+    assert f"resume: skipping incomplete checkpoint {newest.name}" in err
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train"]["optimizer_steps"] == STEPS and metrics["train"]["interrupted"] is False
+    assert_same_weights(tmp_path / "model", reference)
+
+
+def test_sigterm_exits_non_zero_and_says_how_to_resume(
+    lines: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    started = tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+
+    def send_when_training() -> None:
+        deadline = time.monotonic() + 120
+        while not started.is_file() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # Should the signal come after training, it must not end pytest: ignore it meanwhile.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    sender = threading.Thread(target=send_when_training)
+    try:
+        sender.start()
+        code, err = run_main(capfd, "train", *args(lines, tmp_path))
+    finally:
+        sender.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM at step" in err and "run the same command with train.resume=true" in err
+    metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train"]["interrupted_by"] == "SIGTERM" and metrics["train"]["optimizer_steps"] < STEPS
+    assert not (tmp_path / "model").exists()
+
+
+def test_row09_truncated_images_are_counted_skips_not_a_crash_mid_epoch(lines: Path, tmp_path: Path) -> None:
+    rows = [json.loads(x) for x in lines.read_text(encoding="utf-8").splitlines()]
+    cut = truncated_image(lines.parent / "img" / "cut.png")
+    rows.append({"image": str(cut), "text": "cortado", "split": "train", "id": "cut"})
+    manifest = lines.parent / "with-cut.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    result = train(
+        load_config(None, [*args(manifest, tmp_path), "train.max_steps=4", "train.eval_steps=null"])
+    )
+    assert result.metrics["train"]["optimizer_steps"] == 4
+    assert result.metrics["data"]["train"] == 12
+    assert result.metrics["dropped"] == {"truncated image file": 1}
