@@ -35,6 +35,7 @@ from .data.dataset import LineDataset, collate
 from .data.reader import read_dataset
 from .errors import UserError
 from .evaluate import score_predictions
+from .files import atomic_open, atomic_write_text
 from .model.loading import decoding_budget, load_bundle
 from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
 from .optimize.run import artifact_size
@@ -466,9 +467,9 @@ def write_outputs(result: BenchmarkResult, out: Path) -> dict[str, Path]:
 
     rows = table(result)
     files = {name: out / f"benchmark.{name}" for name in ("md", "csv", "json", "png")}
-    files["md"].write_text(markdown(result), encoding="utf-8")
+    atomic_write_text(files["md"], markdown(result))
     columns = [k for k in rows[0] if k != "notes"]
-    with files["csv"].open("w", encoding="utf-8", newline="") as fh:
+    with atomic_open(files["csv"], newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -478,7 +479,7 @@ def write_outputs(result: BenchmarkResult, out: Path) -> dict[str, Path]:
         "runs": [{"variant": r.label, "times": r.times, "latency_ms": r.latency_ms} for r in result.rows],
         "skipped": result.skipped,
     }
-    files["json"].write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    atomic_write_text(files["json"], json.dumps(payload, indent=2, default=str))
     plot(rows, result.environment, files["png"])
     return files
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .files import atomic_write_text
+
 BUDGET_FILE = "time_budget.json"
 
 
@@ -106,7 +108,7 @@ class TimeBudget(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            (folder / BUDGET_FILE).write_text(json.dumps({"elapsed_seconds": self.elapsed()}))
+            atomic_write_text(folder / BUDGET_FILE, json.dumps({"elapsed_seconds": self.elapsed()}))
 
 
 class ProgressLine(TrainerCallback):

@@ -11,6 +11,7 @@ import click
 
 from .config import Config, load_config
 from .errors import UserError
+from .files import atomic_write_text
 from .runtime import is_main_process
 
 CONFIG_HELP = (
@@ -96,8 +97,7 @@ def data_check(
     report = check_dataset(cfg, manifest)
     print_check_report(report, alphabet_limit=alphabet_limit)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(report.to_json(), encoding="utf-8")
+        atomic_write_text(json_out, report.to_json())
 
 
 data_check.help = (data_check.help or "").replace("CONFIG_HELP", CONFIG_HELP)

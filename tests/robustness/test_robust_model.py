@@ -62,3 +62,32 @@ def test_row15_missing_local_model_folder_says_so_without_the_hub(
         with pytest.raises(UserError, match=r"model folder .* does not exist"):
             load_bundle(name)
         assert time.perf_counter() - start < 1.0, name  # no hub retries
+
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE alto [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
+<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
+<!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;"><!ENTITY f "&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;">
+<!ENTITY g "&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;"><!ENTITY h "&g;&g;&g;&g;&g;&g;&g;&g;&g;&g;">]>
+<alto><Layout><Page><PrintSpace><TextBlock><TextLine HPOS="1" VPOS="1" WIDTH="9" HEIGHT="9">
+<String CONTENT="&h;"/></TextLine></TextBlock></PrintSpace></Page></Layout></alto>
+"""
+
+
+def test_deliver3_untrusted_files_stay_inert(tmp_path: Path) -> None:
+    """No remote code, no entity expansion, safetensors written (and manifests: row 6)."""
+    from trocr_tune.config import load_config
+    from trocr_tune.data.reader import read_dataset
+    from trocr_tune.model.loading import save_bundle
+
+    for path in SRC.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "trust_remote_code=True" not in text.replace(" ", ""), path
+    bomb = tmp_path / "laughs.xml"
+    bomb.write_text(BILLION_LAUGHS, encoding="utf-8")
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"XML file unreadable.*laughs.xml"):
+        read_dataset(load_config(None, ["data.layout=alto", f"data.root={bomb}"]).data)
+    assert time.perf_counter() - start < 5
+    saved = save_bundle(load_bundle(build_char_checkpoint(tmp_path / "c", ["ab"])), tmp_path / "saved")
+    assert (saved / "model.safetensors").is_file() and not list(saved.glob("*.bin"))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..files import atomic_open
 from .reader import read_dataset
 from .records import LineSample
 
@@ -38,7 +39,7 @@ def export_samples(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    with (out / "manifest.jsonl").open("w", encoding="utf-8") as fh:
+    with atomic_open(out / "manifest.jsonl") as fh:
         for i, sample in enumerate(samples):
             rel = f"images/{i:05d}.{image_format}"
             save_line_image(sample.image, out / rel, height)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import UserError
+from ..files import atomic_open
 from .export import save_line_image
 from .reader import read_dataset
 from .synth_text import load_corpus
@@ -133,7 +134,7 @@ def build_pretraining_set(
             record["meta"] = {**record.get("meta", {}), "source": "synthetic"}
             rows.append(record)
     manifest = out / "manifest.jsonl"
-    with manifest.open("w", encoding="utf-8") as fh:
+    with atomic_open(manifest) as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     split_counts: dict[str, int] = {}
     for row in rows:

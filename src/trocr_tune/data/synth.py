@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UserError
+from ..files import atomic_open
 from .synth_scan import (
     FIELD_LABELS,
     STYLES,
@@ -676,7 +677,7 @@ def synthesize(
             + " ".join(f"{c!r}" for c, _ in uncovered.most_common())
         )
     manifest = out / "manifest.jsonl"
-    with manifest.open("w", encoding="utf-8") as fh:
+    with atomic_open(manifest) as fh:
         fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     counts = Counter(r["split"] for r in records)
     fonts_used: dict[str, set[str]] = {s: set() for s in SPLITS}

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import atomic_write_text
 
 CHAR_LM_FILE = "char_lm.json"
 _FORMAT = "trocr-tune-char-ngram"
@@ -108,7 +109,7 @@ class CharNgramLM:
     def save(self, path: str | Path) -> Path:
         out = Path(path)
         payload = {"format": _FORMAT, "version": 1, "order": self.order, "ngrams": self.ngrams}
-        out.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+        atomic_write_text(out, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
         return out
 
     @classmethod

@@ -16,6 +16,7 @@ from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderM
 from .. import __version__
 from ..config import ModelConfig
 from ..errors import UserError
+from ..files import atomic_write_text
 from .alphabet import adapt_alphabet
 from .charlm import CHAR_LM_FILE, CharNgramLM
 from .geometry import (
@@ -270,7 +271,7 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(out)
     bundle.processor.save_pretrained(out)
-    (out / INFO_FILE).write_text(json.dumps(asdict(bundle.info), indent=2), encoding="utf-8")
+    atomic_write_text(out / INFO_FILE, json.dumps(asdict(bundle.info), indent=2))
     if bundle.char_lm is not None:
         bundle.char_lm.save(out / CHAR_LM_FILE)
     return out

@@ -12,6 +12,7 @@ import torch
 
 from ..config import Config, save_config
 from ..errors import UserError
+from ..files import atomic_write_text
 from ..model.loading import ModelBundle, load_bundle, save_bundle
 from . import BASELINE, get_variant, variant_of
 from .prune import MaskKeeper, prunable_linears, prune_l1, sparsity
@@ -125,7 +126,7 @@ def optimize_model(
         load_runner(out, torch.device("cpu" if "cpu" in variant.devices else "cuda"), cfg.optimize)
     report["size_bytes"] = artifact_size(out)
     save_config(cfg, out / "config.yaml")
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2, default=str))
     return report
 
 
