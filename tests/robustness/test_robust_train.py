@@ -86,7 +86,13 @@ def test_row16_sigint_and_sigterm_save_stop_and_resume_bit_identical(
     stale.mkdir()
     (stale / "trocr_tune.json").write_text("{}", encoding="utf-8")  # an earlier run's model/
     (tmp_path / "metrics.json").write_text('{"old": true}', encoding="utf-8")
-    cut: TrainResult = train(load_config(None, args(lines, tmp_path)), callbacks=[SignalAt(6, signum)])
+    # Should training not handle the signal, it must fail this test, not end pytest.
+    previous = signal.signal(signum, lambda signum, frame: None)
+    try:
+        cut: TrainResult = train(load_config(None, args(lines, tmp_path)), callbacks=[SignalAt(6, signum)])
+        assert signal.getsignal(signum) is not None  # the handler before training is back
+    finally:
+        signal.signal(signum, previous)
     assert cut.interrupted == signum
     assert (tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json").is_file()
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
@@ -94,7 +100,6 @@ def test_row16_sigint_and_sigterm_save_stop_and_resume_bit_identical(
     assert metrics["train"]["interrupted_by"] == signal.Signals(signum).name
     assert metrics["train"]["optimizer_steps"] == 6 and "train.resume=true" in metrics["train"]["resume"]
     assert not stale.exists()  # no stale model presented as this run's result
-    assert signal.getsignal(signum) is not None  # the previous handlers are back
     resumed = train(load_config(None, [*args(lines, tmp_path), "train.resume=true"]))
     assert resumed.interrupted is None and resumed.metrics["train"]["optimizer_steps"] == STEPS
     assert_same_weights(tmp_path / "model", reference)
