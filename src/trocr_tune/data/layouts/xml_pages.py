@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...config import DataConfig
 from ...errors import UserError
@@ -27,6 +28,8 @@ class PageLine:
     text: str
     region: Region
     types: tuple[str, ...] = ()  # tag labels of the line and its block/region
+    # The TextLine element itself (ElementTree or lxml), for writers that fill its text in place.
+    node: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -46,8 +49,9 @@ class ParsedPage:
         return candidate
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
+def _local(tag: Any) -> str:
+    # lxml also yields comments and processing instructions, whose tag is not a string.
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
 def _children(node: ET.Element, name: str) -> list[ET.Element]:
@@ -96,6 +100,7 @@ def parse_alto(root: ET.Element, xml: Path) -> ParsedPage:
                     " ".join(words),
                     Region(line_id, box, polygon),
                     line_types + block_types,
+                    line,
                 )
             )
     return page
@@ -151,6 +156,7 @@ def parse_page(root: ET.Element, xml: Path) -> ParsedPage:
                     _page_text(line),
                     Region(line_id, box_from_polygon(polygon), polygon),
                     types,
+                    line,
                 )
             )
     return page

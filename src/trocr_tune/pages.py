@@ -1,0 +1,500 @@
+"""ALTO/PAGE in -> every TextLine read by the model -> the same document out, IDs kept.
+
+Lines are found and cropped exactly as the `alto` and `page` training layouts do (their parsers,
+data.line_types, data.crop_padding, data.polygon_mask and the same crop cache), decoded in
+batches by predict.transcribe, and written back into the parsed document. Only text and its
+confidence change; lxml keeps namespaces, prefixes, attribute order, comments and the XML
+declaration. docs/transcribe.md lists what is kept and what is replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+from .config import Config
+from .data.crops import Crop, CropCache
+from .data.layouts.xml_pages import (
+    NO_GEOMETRY,
+    NO_PAGE_IMAGE,
+    PageLine,
+    ParsedPage,
+    _find_image,
+    parse_alto,
+    parse_page,
+    type_matches,
+)
+from .data.records import DropLog
+from .errors import UserError
+
+FORMATS = ("alto", "page", "txt", "jsonl")
+ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
+PAGE_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/"  # + 2013-07-15, 2019-07-15
+JSONL_NAME = "transcriptions.jsonl"
+XML_UNREADABLE = "XML file unreadable"
+NOT_PIXELS = "ALTO coordinates not in pixels"
+# Lines decoded together before their pages are written (bounds the documents held in memory).
+LINES_PER_FLUSH = 512
+
+# Text of an ALTO TextLine that the reading replaces, and the String attributes and children that
+# describe the old text only (per-character confidences, hyphenation, alternatives, glyphs).
+ALTO_TEXT_CHILDREN = ("String", "SP", "HYP")
+ALTO_STALE_ATTRIBUTES = ("CC", "SUBS_CONTENT", "SUBS_TYPE")
+ALTO_STALE_CHILDREN = ("ALTERNATIVE", "Glyph")
+# PAGE elements that follow TextEquiv inside a TextLine / Word (schema order).
+PAGE_AFTER_TEXT_EQUIV = ("TextStyle", "UserDefined", "Labels")
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+@dataclass
+class TranscribeOptions:
+    """Where and how `transcribe_pages` writes its results."""
+
+    out: Path | None = None  # output folder (inputs' relative paths are kept below it)
+    fmt: str | None = None  # alto / page / txt / jsonl; None = each document in its own format
+    in_place: bool = False  # overwrite the input XML files (alto / page output only)
+    num_workers: int = 0  # DataLoader workers that decode the line crops
+
+
+@dataclass
+class LineReading:
+    """One transcribed line, as written to the JSONL output."""
+
+    page: str
+    line: str
+    text: str
+    confidence: float  # exp(mean token log-probability), 0-1, as ALTO WC and PAGE conf
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class TranscribeReport:
+    files: int = 0  # ALTO/PAGE files found
+    pages: int = 0  # documents written
+    lines: int = 0  # lines read by the model
+    untouched: int = 0  # lines left as they were: their type is not in data.line_types
+    log: DropLog = field(default_factory=DropLog)  # skipped pages and lines, by reason
+    ignored: list[str] = field(default_factory=list)  # XML files that are neither ALTO nor PAGE
+    outputs: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> list[str]:
+        """The closing lines the command prints."""
+        rows = [
+            f"{self.pages} pages of {self.files} ALTO/PAGE files, {self.lines} lines read "
+            f"in {self.seconds:.1f} s; {self.log.total()} lines skipped"
+        ]
+        if self.untouched:
+            rows.append(f"  {self.untouched} lines of other types (data.line_types) left as they were")
+        for reason, n in self.log.by_reason().most_common():
+            rows.append(f"  skipped {n}: {reason}, e.g. {', '.join(self.log.examples.get(reason, []))}")
+        if self.ignored:
+            rows.append(
+                f"  {len(self.ignored)} XML files are neither ALTO nor PAGE and were ignored, "
+                f"e.g. {', '.join(self.ignored[:3])}"
+            )
+        return rows
+
+
+@dataclass
+class Document:
+    """A parsed ALTO/PAGE file: the lxml tree to write back and its lines (as the layouts read them)."""
+
+    path: Path
+    kind: str  # alto or page
+    tree: Any
+    declaration: bytes  # the original XML declaration, written back byte for byte
+    trailing_newline: bool
+    page: ParsedPage
+
+    def to_bytes(self) -> bytes:
+        encoding = self.tree.docinfo.encoding or "UTF-8"
+        body = etree.tostring(self.tree, encoding=encoding, xml_declaration=False)
+        out = self.declaration + b"\n" + body if self.declaration else body
+        return out + b"\n" if self.trailing_newline and not out.endswith(b"\n") else out
+
+
+def _parser() -> Any:
+    # No entities, DTDs or network: a page file cannot make the parser read other files.
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_blank_text=False
+    )
+
+
+def _local(tag: Any) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _namespace(tag: str) -> str:
+    return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
+
+
+def xml_kind(path: Path) -> str | None:
+    """'alto' or 'page' from the root element and its namespace; None for other or broken XML."""
+    try:
+        for _, element in etree.iterparse(
+            str(path), events=("start",), resolve_entities=False, no_network=True, load_dtd=False
+        ):
+            local, ns = _local(element.tag), _namespace(element.tag)
+            if local == "alto" and (not ns or ns.startswith(ALTO_NAMESPACE)):
+                return "alto"
+            if local == "PcGts" and ns.startswith(PAGE_NAMESPACE):
+                return "page"
+            return None
+    except (etree.XMLSyntaxError, OSError):
+        return None
+    return None
+
+
+def read_document(path: Path, kind: str) -> Document:
+    """Parse `path` with lxml and find its lines with the training layout's parser."""
+    raw = path.read_bytes()
+    tree = etree.parse(io.BytesIO(raw), _parser())
+    declaration = re.match(rb"(\xef\xbb\xbf)?\s*<\?xml[^>]*\?>", raw)
+    parse = parse_alto if kind == "alto" else parse_page
+    page = parse(tree.getroot(), path)
+    return Document(path, kind, tree, declaration.group(0) if declaration else b"", raw.endswith(b"\n"), page)
+
+
+def confidence_of(logprob: float) -> float:
+    """A prediction's mean token log-probability as a 0-1 confidence (geometric mean probability)."""
+    return min(1.0, max(0.0, math.exp(logprob)))
+
+
+def _new_child(parent: Any, name: str, index: int) -> Any:
+    """A new element in the parent's namespace at `index`, indented like its neighbours."""
+    ns = _namespace(parent.tag)
+    child = etree.Element(f"{{{ns}}}{name}" if ns else name)
+    if index > 0:
+        child.tail = parent[index - 1].tail
+    elif len(parent):
+        child.tail = parent.text
+    parent.insert(index, child)
+    return child
+
+
+def _remove(element: Any) -> None:
+    parent = element.getparent()
+    previous = element.getprevious()
+    # Keep the layout of what follows: the removed element's tail goes to its predecessor.
+    if previous is not None:
+        previous.tail = element.tail
+    else:
+        parent.text = element.tail
+    parent.remove(element)
+
+
+def _set_string(string: Any, content: str, wc: str) -> None:
+    string.set("CONTENT", content)
+    string.set("WC", wc)
+    for name in ALTO_STALE_ATTRIBUTES:
+        string.attrib.pop(name, None)
+    for child in list(string):
+        if _local(child.tag) in ALTO_STALE_CHILDREN:
+            _remove(child)
+
+
+def fill_alto_line(line: Any, text: str, confidence: float) -> None:
+    """Put the reading into an ALTO TextLine's String elements (CONTENT + WC).
+
+    As many Strings as words in the reading: word i goes into String i (every ID kept).
+    Otherwise the first String takes the whole reading, keeping its ID and attributes, and the
+    other Strings, SP and HYP of the line go; a line without a String gets one with its box.
+    """
+    wc = f"{confidence:.4f}"
+    strings = [c for c in line if _local(c.tag) == "String"]
+    words = text.split()
+    if len(strings) > 1 and len(words) == len(strings):
+        for string, word in zip(strings, words, strict=True):
+            _set_string(string, word, wc)
+        for child in [c for c in line if _local(c.tag) == "HYP"]:
+            _remove(child)
+        return
+    if strings:
+        first = strings[0]
+        for child in [c for c in line if _local(c.tag) in ALTO_TEXT_CHILDREN and c is not first]:
+            _remove(child)
+    else:
+        shapes = [i for i, c in enumerate(line) if _local(c.tag) == "Shape"]
+        first = _new_child(line, "String", shapes[0] + 1 if shapes else 0)
+        for name in ("HPOS", "VPOS", "WIDTH", "HEIGHT"):
+            if line.get(name) is not None:
+                first.set(name, line.get(name))
+    _set_string(first, text, wc)
+
+
+def _set_text_equiv(element: Any, text: str, conf: str) -> None:
+    """Make the primary TextEquiv of a PAGE TextLine/Word hold `text` (Unicode, PlainText) and `conf`."""
+    equivs = [c for c in element if _local(c.tag) == "TextEquiv"]
+    if equivs:
+        # The one the page layout reads (lowest @index); the others are old alternative readings.
+        primary = min(equivs, key=lambda e: int(e.get("index", "0") or 0))
+        for other in equivs:
+            if other is not primary:
+                _remove(other)
+    else:
+        after = [i for i, c in enumerate(element) if _local(c.tag) in PAGE_AFTER_TEXT_EQUIV]
+        primary = _new_child(element, "TextEquiv", after[0] if after else len(element))
+    primary.set("conf", conf)
+    unicode = next((c for c in primary if _local(c.tag) == "Unicode"), None)
+    if unicode is None:
+        unicode = _new_child(primary, "Unicode", len(primary))
+    unicode.text = text
+    for plain in (c for c in primary if _local(c.tag) == "PlainText"):
+        plain.text = text
+
+
+def _drop_text_equivs(element: Any) -> None:
+    for equiv in [e for e in element.iter() if _local(e.tag) == "TextEquiv"]:
+        _remove(equiv)
+
+
+def fill_page_line(line: Any, text: str, confidence: float) -> None:
+    """Put the reading into a PAGE TextLine's TextEquiv/Unicode with @conf.
+
+    Words of the line keep their IDs and coordinates; they get the reading's words when there
+    are as many, otherwise their (old) TextEquivs go, as do those of their Glyphs.
+    """
+    conf = f"{confidence:.4f}"
+    words_el = [c for c in line if _local(c.tag) == "Word"]
+    words = text.split()
+    for i, word_el in enumerate(words_el):
+        for glyph in (c for c in word_el if _local(c.tag) == "Glyph"):
+            _drop_text_equivs(glyph)
+        if len(words) == len(words_el):
+            _set_text_equiv(word_el, words[i], conf)
+        else:
+            for equiv in [c for c in word_el if _local(c.tag) == "TextEquiv"]:
+                _remove(equiv)
+    _set_text_equiv(line, text, conf)
+
+
+def fill_line(doc: Document, line: PageLine, text: str, confidence: float) -> None:
+    """Write one reading into its TextLine element (XML-invalid characters dropped)."""
+    text = _XML_INVALID.sub("", text)
+    (fill_alto_line if doc.kind == "alto" else fill_page_line)(line.node, text, confidence)
+
+
+def find_xml_files(inputs: Sequence[str | Path], glob: str = "**/*.xml") -> list[tuple[Path, Path]]:
+    """(XML file, folder its output path is relative to) for files and folders (searched with `glob`)."""
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(os.path.expanduser(str(item)))
+        if path.is_dir():
+            files = sorted(p for p in path.glob(glob) if p.is_file())
+            if not files:
+                raise UserError(f"{path}: no XML files match {glob!r} in this folder (set data.xml_glob)")
+            found += [(p, path) for p in files]
+        elif path.is_file():
+            found.append((path, path.parent))
+        else:
+            raise UserError(f"not found: {path}")
+    return found
+
+
+def _output_path(xml: Path, base: Path, options: TranscribeOptions) -> Path | None:
+    fmt = options.fmt
+    if options.in_place:
+        return xml
+    assert options.out is not None
+    if fmt == "jsonl":
+        return None
+    rel = xml.relative_to(base)
+    return options.out / (rel.with_suffix(".txt") if fmt == "txt" else rel)
+
+
+def _check_options(options: TranscribeOptions) -> None:
+    if options.fmt is not None and options.fmt not in FORMATS:
+        raise UserError(f"unknown format {options.fmt!r}; choose from: {', '.join(FORMATS)}")
+    if options.in_place and options.out is not None:
+        raise UserError("--in-place writes over the input files: give it or --out DIR, not both")
+    if options.in_place and options.fmt in ("txt", "jsonl"):
+        raise UserError(f"--in-place rewrites the ALTO/PAGE files; --format {options.fmt} needs --out DIR")
+    if not options.in_place and options.out is None:
+        raise UserError("give --out DIR for the transcribed files (or --in-place to overwrite the inputs)")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Temporary file + rename: an interrupted run never leaves half a page (or half an input)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    rel: str  # the XML file as reports name it
+    output: Path | None
+    lines: list[tuple[PageLine, Crop]]
+
+
+def _plan(
+    files: Sequence[tuple[Path, Path]], options: TranscribeOptions, report: TranscribeReport
+) -> list[tuple[Path, Path, str, Path | None]]:
+    """(xml, base, kind, output) for every ALTO/PAGE file; refuses clashes before anything is read."""
+    planned: list[tuple[Path, Path, str, Path | None]] = []
+    targets: dict[Path, Path] = {}
+    for xml, base in files:
+        kind = xml_kind(xml)
+        if kind is None:
+            report.ignored.append(str(xml))
+            continue
+        if options.fmt in ("alto", "page") and kind != options.fmt:
+            raise UserError(
+                f"{xml} is {kind.upper()} XML: --format {options.fmt} cannot convert between ALTO "
+                f"and PAGE (leave --format out to keep each file's own format)"
+            )
+        output = _output_path(xml, base, options)
+        if output is not None:
+            target = output.resolve()
+            if not options.in_place and target == xml.resolve():
+                raise UserError(
+                    f"{output} would overwrite its input: choose another --out or pass --in-place"
+                )
+            if target in targets:
+                raise UserError(f"{xml} and {targets[target]} would both be written to {output}")
+            targets[target] = xml
+        planned.append((xml, base, kind, output))
+    report.files = len(planned)
+    return planned
+
+
+def _pages(
+    planned: Sequence[tuple[Path, Path, str, Path | None]],
+    cfg: Config,
+    report: TranscribeReport,
+) -> Iterator[_Pending]:
+    """Each readable page with its croppable lines; everything else skipped into report.log."""
+    data = cfg.data
+    cache = CropCache(data.cache_dir, data.crop_padding, data.polygon_mask)
+    for xml, _, kind, output in planned:
+        rel = str(xml)
+        try:
+            doc = read_document(xml, kind)
+        except etree.XMLSyntaxError as exc:
+            report.log.drop(XML_UNREADABLE, f"{rel} ({exc})")
+            continue
+        except (UserError, ValueError) as exc:  # a non-pixel ALTO, a PAGE file without Page
+            report.log.drop(NOT_PIXELS if isinstance(exc, UserError) else XML_UNREADABLE, f"{rel} ({exc})")
+            continue
+        if doc.page.skipped:
+            report.log.drop(NO_GEOMETRY, rel, count=doc.page.skipped)
+        image = _find_image(xml, doc.page.image_name)
+        if image is None:
+            named = f" ({doc.page.image_name})" if doc.page.image_name else ""
+            report.log.drop(NO_PAGE_IMAGE, f"{rel}{named}", count=max(1, len(doc.page.lines)))
+            continue
+        lines = doc.page.lines
+        if data.line_types:
+            kept = [ln for ln in lines if type_matches(ln.types, data.line_types)]
+            report.untouched += len(lines) - len(kept)
+            lines = kept
+        crops = cache.crops(image, [ln.region for ln in lines]) if lines else {}
+        usable = []
+        for ln in lines:
+            crop = crops[ln.id]
+            if isinstance(crop, Crop):
+                usable.append((ln, crop))
+            else:  # outside the page image, a degenerate box, an unreadable page image
+                report.log.drop(crop, f"{rel}#{ln.id}")
+        yield _Pending(doc, rel, output, usable)
+
+
+def transcribe_files(
+    bundle: Any,
+    runner: Any,
+    inputs: Sequence[str | Path],
+    cfg: Config,
+    options: TranscribeOptions,
+    progress: Callable[[str], None] | None = None,
+) -> TranscribeReport:
+    """Read every TextLine of the ALTO/PAGE `inputs` with the loaded model and write the results.
+
+    Raises UserError when no line at all could be transcribed.
+    """
+    from .predict import transcribe
+
+    _check_options(options)
+    start = time.perf_counter()
+    report = TranscribeReport()
+    planned = _plan(find_xml_files(inputs, cfg.data.xml_glob), options, report)
+    readings: list[LineReading] = []
+
+    def flush(batch: list[_Pending]) -> None:
+        crops = [crop.path for page in batch for _, crop in page.lines]
+        predictions, _ = transcribe(bundle, crops, cfg.eval, num_workers=options.num_workers, runner=runner)
+        done = iter(predictions)
+        for page in batch:
+            texts = []
+            for line, _ in page.lines:
+                prediction = next(done)
+                confidence = confidence_of(prediction.confidence)
+                fill_line(page.doc, line, prediction.text, confidence)
+                texts.append(prediction.text)
+                readings.append(LineReading(page.rel, line.id, prediction.text, confidence, line.region.box))
+            report.lines += len(page.lines)
+            report.pages += 1
+            if page.output is None:
+                continue
+            if options.fmt == "txt":
+                _write_bytes(page.output, "".join(t + "\n" for t in texts).encode("utf-8"))
+            else:
+                _write_bytes(page.output, page.doc.to_bytes())
+            report.outputs.append(page.output)
+            if progress:
+                progress(f"{page.rel}: {len(page.lines)} lines -> {page.output}")
+
+    batch: list[_Pending] = []
+    for page in _pages(planned, cfg, report):
+        batch.append(page)
+        if sum(len(p.lines) for p in batch) >= LINES_PER_FLUSH:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    if options.fmt == "jsonl" and options.out is not None:
+        path = options.out / JSONL_NAME
+        rows = [json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in readings]
+        _write_bytes(path, "".join(rows).encode("utf-8"))
+        report.outputs.append(path)
+    report.seconds = time.perf_counter() - start
+    if report.lines == 0:
+        found = f"{report.files} ALTO/PAGE files" + (
+            f", {len(report.ignored)} other XML" if report.ignored else ""
+        )
+        why = report.log.describe() or "no text lines"
+        raise UserError(f"nothing transcribed ({found}): {why}")
+    return report
+
+
+def transcribe_pages(
+    model: str,
+    inputs: Sequence[str | Path],
+    cfg: Config,
+    options: TranscribeOptions,
+    device: str = "auto",
+    progress: Callable[[str], None] | None = None,
+) -> TranscribeReport:
+    """Load `model` (a checkpoint or an `optimize` artifact) and transcribe the ALTO/PAGE `inputs`."""
+    from .optimize import load_runner
+    from .predict import pick_device
+
+    _check_options(options)
+    find_xml_files(inputs, cfg.data.xml_glob)  # a wrong path fails before the model loads
+    bundle, runner = load_runner(model, pick_device(device), cfg.optimize)
+    return transcribe_files(bundle, runner, inputs, cfg, options, progress)
