@@ -1014,7 +1014,11 @@ def manifest_images(path: Path) -> list[str]:
     from .data.records import DropLog
 
     cfg = load_config(None, ["data.layout=manifest", f"data.root={path}"]).data
-    return [s.image for s in read_manifest(cfg, path, DropLog())]
+    log = DropLog()
+    images = [s.image for s in read_manifest(cfg, path, log)]
+    if log.total():  # e.g. rows whose image lies outside the manifest's folder
+        click.echo(f"{path}: rows skipped: {log.describe()}", err=True)
+    return images
 
 
 for _command in (data_preview, train_command, evaluate_command, lm_command, benchmark_command):

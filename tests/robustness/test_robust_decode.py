@@ -119,3 +119,17 @@ def test_row19_evaluate_notes_references_the_tokenizer_cannot_encode(
     note = report.notes[0]
     assert note.startswith("the tokenizer cannot encode 4 characters in 1/1 labels: ")
     assert all(repr(c) in note for c in "ABCé") and note.endswith("they always count as errors")
+
+
+def test_row06_predict_on_a_manifest_reports_rows_outside_its_folder(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    inside = line_image(root / "in.png", "abc", size=(48, 16))
+    line_image(tmp_path / "out.png", "abc", size=(48, 16))
+    rows = [{"image": "in.png", "text": "a"}, {"image": "../out.png", "text": "b"}]
+    (root / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "predict", str(checkpoint), str(root / "lines.jsonl"))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(inside)]
+    assert "rows skipped: 1 image path outside the dataset folder" in err and "lines.jsonl:2" in err
