@@ -278,6 +278,17 @@ def test_in_place_semantics(pages_dir: Path, tmp_path: Path, engine) -> None:
     assert not list(source.parent.glob(".*.tmp"))
 
 
+def test_windows_line_ends_and_no_declaration_kept(tmp_path: Path, engine) -> None:
+    root = tmp_path / "in"
+    _page_image(root / "a1.png")
+    body = ALTO.format(image="a1.png").split("\n", 1)[1]  # no XML declaration
+    (root / "a1.xml").write_bytes(body.replace("\n", "\r\n").encode("utf-8"))
+    transcribe_files(*engine, [root], _cfg(tmp_path), TranscribeOptions(out=tmp_path / "out"))
+    data = (tmp_path / "out" / "a1.xml").read_bytes()
+    assert data.startswith(b"<!-- exported by a segmenter -->\r\n<alto ")
+    assert data.count(b"\r\n") == data.count(b"\n") > 20
+
+
 def test_txt_and_jsonl(pages_dir: Path, tmp_path: Path, engine) -> None:
     cfg = _cfg(tmp_path)
     inputs = [pages_dir / "alto" / "a1.xml", pages_dir / "page"]
@@ -463,6 +474,10 @@ def _round_trip(real_pages: Path, engine: Any, kind: str, schema: str) -> None:
         validator.assertValid(etree.parse(str(out)))
         assert skeleton(out) == skeleton(source)  # every ID, non-text attribute, element and namespace
         assert etree.parse(str(out)).getroot().nsmap == etree.parse(str(source)).getroot().nsmap
+        if kind == "alto":  # byte for byte, only the String lines differ
+            before, after = source.read_bytes().splitlines(), out.read_bytes().splitlines()
+            assert len(before) == len(after)
+            assert all(b"<String " in a for a, b in zip(before, after, strict=True) if a != b)
 
     # The filled files re-read with trocr-tune's own layout: the same lines, and the same CER as
     # the evaluate path on the ground truth's lines with the same model and settings.

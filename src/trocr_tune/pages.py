@@ -53,6 +53,7 @@ ALTO_STALE_ATTRIBUTES = ("CC", "SUBS_CONTENT", "SUBS_TYPE")
 ALTO_STALE_CHILDREN = ("ALTERNATIVE", "Glyph")
 # PAGE elements that follow TextEquiv inside a TextLine / Word (schema order).
 PAGE_AFTER_TEXT_EQUIV = ("TextStyle", "UserDefined", "Labels")
+_BLANK = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*")  # a byte-order mark, then white space
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -113,15 +114,46 @@ class Document:
     path: Path
     kind: str  # alto or page
     tree: Any
-    declaration: bytes  # the original XML declaration, written back byte for byte
-    trailing_newline: bool
     page: ParsedPage
+    # What surrounds the root element (declaration, comments, DOCTYPE, blank lines), byte for
+    # byte: lxml keeps the nodes but not the whitespace between them.
+    prolog: bytes = b""
+    epilog: bytes = b""
+    crlf: bool = False  # Windows line ends (the parser reads them as \n)
 
     def to_bytes(self) -> bytes:
         encoding = self.tree.docinfo.encoding or "UTF-8"
-        body = etree.tostring(self.tree, encoding=encoding, xml_declaration=False)
-        out = self.declaration + b"\n" + body if self.declaration else body
-        return out + b"\n" if self.trailing_newline and not out.endswith(b"\n") else out
+        if encoding.lower().replace("-", "").startswith(("utf16", "utf32", "ucs")):
+            # Not ASCII-compatible: the prolog cannot be cut out as bytes; lxml writes it all.
+            return bytes(etree.tostring(self.tree, encoding=encoding, xml_declaration=True))
+        body = etree.tostring(self.tree.getroot(), encoding=encoding, xml_declaration=False)
+        if self.crlf:
+            body = body.replace(b"\n", b"\r\n")
+        return bytes(self.prolog + body + self.epilog)
+
+
+def _split_prolog(raw: bytes) -> tuple[int, int]:
+    """Byte offsets where the root element starts and ends: what lies outside is kept as it was."""
+    start = 0
+    while True:
+        blank = _BLANK.match(raw, start)
+        start = blank.end() if blank else start
+        if raw.startswith(b"<?", start):
+            start = raw.index(b"?>", start) + 2
+        elif raw.startswith(b"<!--", start):
+            start = raw.index(b"-->", start) + 3
+        elif raw.startswith(b"<!DOCTYPE", start):
+            close, subset = raw.index(b">", start), raw.find(b"[", start)
+            if -1 < subset < close:  # an internal subset may hold '>' of its own
+                close = raw.index(b">", raw.index(b"]", subset))
+            start = close + 1
+        else:
+            break
+    end = len(raw.rstrip())
+    while raw[:end].endswith((b"-->", b"?>")):
+        opener = b"<!--" if raw[:end].endswith(b"-->") else b"<?"
+        end = len(raw[: raw.rindex(opener, 0, end)].rstrip())
+    return start, end
 
 
 def _parser() -> Any:
@@ -160,10 +192,10 @@ def read_document(path: Path, kind: str) -> Document:
     """Parse `path` with lxml and find its lines with the training layout's parser."""
     raw = path.read_bytes()
     tree = etree.parse(io.BytesIO(raw), _parser())
-    declaration = re.match(rb"(\xef\xbb\xbf)?\s*<\?xml[^>]*\?>", raw)
     parse = parse_alto if kind == "alto" else parse_page
     page = parse(tree.getroot(), path)
-    return Document(path, kind, tree, declaration.group(0) if declaration else b"", raw.endswith(b"\n"), page)
+    start, end = _split_prolog(raw)
+    return Document(path, kind, tree, page, raw[:start], raw[end:], b"\r\n" in raw)
 
 
 def confidence_of(logprob: float) -> float:
