@@ -204,6 +204,31 @@ def test_alto_filled_ids_and_attributes_kept(pages_dir: Path, tmp_path: Path, en
         assert kept == {k: v for k, v in el.attrib.items() if k not in TEXT_ATTRIBUTES}, key
 
 
+def test_lines_cropped_as_the_layout_crops_them(
+    pages_dir: Path, tmp_path: Path, engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trocr_tune.predict as predict
+    from trocr_tune.data.reader import read_dataset
+
+    decoded: list[str] = []
+    real = predict.transcribe
+
+    def spy(bundle: Any, images: list[str], *args: Any, **kwargs: Any) -> Any:
+        decoded.extend(images)
+        return real(bundle, images, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "transcribe", spy)
+    crop = ("data.crop_padding=0", "data.polygon_mask=true")
+    page = pages_dir / "alto" / "a1.xml"
+    transcribe_files(*engine, [page], _cfg(tmp_path, *crop), TranscribeOptions(out=tmp_path / "o"))
+    layout = load_config(
+        None, ["data.layout=alto", f"data.root={page}", f"data.cache_dir={tmp_path / 'cache'}", *crop]
+    )
+    samples = read_dataset(layout.data).samples  # l1 and l2 (l3 has no text to train on)
+    assert len(decoded) == 3 and len(samples) == 2
+    assert {s.image for s in samples} <= set(decoded)  # the very same cached crop files
+
+
 def test_alto_word_for_word_keeps_every_string() -> None:
     line = etree.fromstring(
         f'<TextLine xmlns="{ALTO_NS}" ID="l"><String ID="a" CONTENT="x"/><SP/>'
