@@ -77,7 +77,12 @@ PAGE = """<?xml version="1.0" encoding="UTF-8" standalone="yes"?>
     <pc:LastChange>2026-01-01T00:00:00</pc:LastChange></pc:Metadata>
   <pc:Page imageFilename="{image}" imageWidth="400" imageHeight="200">
     <pc:ReadingOrder><pc:OrderedGroup id="ro1" caption="Regions">
+      <pc:RegionRefIndexed index="1" regionRef="r0"/>
       <pc:RegionRefIndexed index="0" regionRef="r1"/></pc:OrderedGroup></pc:ReadingOrder>
+    <pc:TextRegion id="r0" type="paragraph">
+      <pc:Coords points="240,50 400,50 400,100 240,100"/>
+      <pc:TextLine id="tl0"><pc:Coords points="250,60 390,60 390,90 250,90"/></pc:TextLine>
+    </pc:TextRegion>
     <pc:TextRegion id="r1" type="paragraph" custom="readingOrder {{index:0;}}">
       <pc:Coords points="0,0 400,0 400,200 0,200"/>
       <pc:TextLine id="tl1" custom="readingOrder {{index:0;}}">
@@ -262,7 +267,7 @@ def test_line_type_filter_leaves_other_lines_untouched(pages_dir: Path, tmp_path
 def test_page_filled_text_equiv_in_schema_order(pages_dir: Path, tmp_path: Path, engine) -> None:
     out = tmp_path / "out"
     report = transcribe_files(*engine, [pages_dir / "page"], _cfg(tmp_path), TranscribeOptions(out=out))
-    assert report.lines == 2 and report.log.by_reason() == {OUTSIDE_PAGE: 1}
+    assert report.lines == 3 and report.log.by_reason() == {OUTSIDE_PAGE: 1}
     source, filled = pages_dir / "page" / "p1.xml", out / "p1.xml"
     assert filled.read_bytes().startswith(b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<pc:')
     assert skeleton(filled) == skeleton(source)
@@ -327,12 +332,14 @@ def test_txt_and_jsonl(pages_dir: Path, tmp_path: Path, engine) -> None:
         ("a1.xml", "l3"),
         ("p1.xml", "tl1"),
         ("p1.xml", "tl2"),
+        ("p1.xml", "tl0"),  # its region comes first in the file, second in the ReadingOrder
     ]
     assert all(0 <= r["confidence"] <= 1 and len(r["box"]) == 4 for r in rows)
     assert rows[0]["box"] == [10.0, 10.0, 210.0, 40.0]
-    # The same readings everywhere: txt lines in reading order, jsonl, and the filled XML.
-    lines = (tmp_path / "txt" / "a1.txt").read_text(encoding="utf-8").splitlines()
-    assert lines == [r["text"] for r in rows[:3]]
+    # The same readings in txt and jsonl, in reading order.
+    for name, rows_of_page in (("a1.txt", rows[:3]), ("p1.txt", rows[3:])):
+        lines = (tmp_path / "txt" / name).read_text(encoding="utf-8").splitlines()
+        assert lines == [r["text"] for r in rows_of_page]
 
 
 def test_nothing_transcribed_is_an_error(tmp_path: Path, pages_dir: Path, engine) -> None:
@@ -362,7 +369,7 @@ def test_cli_transcribe_through_the_entry_point(pages_dir: Path, tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr
     assert (out / "alto" / "a1.xml").is_file() and (out / "page" / "p1.xml").is_file()
-    assert "2 pages of 3 ALTO/PAGE files, 4 lines read" in result.stdout
+    assert "2 pages of 3 ALTO/PAGE files, 5 lines read" in result.stdout
     assert "skipped 5: page image not found, e.g." in result.stdout
     assert "1 XML files are neither ALTO nor PAGE" in result.stdout
     assert "1 lines of other types" in result.stdout

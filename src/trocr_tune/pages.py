@@ -367,6 +367,45 @@ def _write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _region_ranks(root: Any) -> dict[str, int]:
+    """PAGE ReadingOrder as region id -> position (ordered groups by @index, nested groups inline)."""
+    page = next((e for e in root if _local(e.tag) == "Page"), None)
+    order = next((e for e in page if _local(e.tag) == "ReadingOrder"), None) if page is not None else None
+    ranks: dict[str, int] = {}
+
+    def index(element: Any) -> int:
+        try:
+            return int(element.get("index", "0"))
+        except ValueError:
+            return 0
+
+    def walk(group: Any) -> None:
+        if group.get("regionRef"):
+            ranks.setdefault(group.get("regionRef"), len(ranks))
+        children = [c for c in group if _local(c.tag).startswith(("Ordered", "Unordered", "RegionRef"))]
+        if _local(group.tag).startswith("Ordered"):
+            children.sort(key=index)
+        for child in children:
+            walk(child)
+
+    for group in order if order is not None else ():
+        walk(group)
+    return ranks
+
+
+def in_reading_order(doc: Document, lines: list[tuple[PageLine, Crop]]) -> list[tuple[PageLine, Crop]]:
+    """Lines in document order, their regions ordered by PAGE's ReadingOrder where it has one."""
+    ranks = _region_ranks(doc.tree.getroot()) if doc.kind == "page" else {}
+    if not ranks:
+        return lines
+
+    def rank(line: PageLine) -> int:
+        ids = (a.get("id") for a in line.node.iterancestors())
+        return next((ranks[i] for i in ids if i in ranks), len(ranks))
+
+    return sorted(lines, key=lambda item: rank(item[0]))  # stable: document order within a region
+
+
 @dataclass
 class _Pending:
     doc: Document
@@ -444,7 +483,7 @@ def _pages(
                 usable.append((ln, crop))
             else:  # outside the page image, a degenerate box, an unreadable page image
                 report.log.drop(crop, f"{rel}#{ln.id}")
-        yield _Pending(doc, rel, output, usable)
+        yield _Pending(doc, rel, output, in_reading_order(doc, usable))
 
 
 def transcribe_files(
