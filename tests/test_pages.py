@@ -18,9 +18,11 @@ from trocr_tune.errors import UserError
 from trocr_tune.pages import (
     FORMATS,
     JSONL_NAME,
+    XML_UNREADABLE,
     TranscribeOptions,
     fill_alto_line,
     transcribe_files,
+    xml_kind,
 )
 
 from conftest import SHARED_DATA, run_cli
@@ -119,12 +121,13 @@ def _page_image(path: Path) -> Path:
 
 @pytest.fixture
 def pages_dir(tmp_path: Path) -> Path:
-    """ALTO v4 and PAGE 2019 pages with their image, an ALTO page whose image is missing and an
-    XML file that is neither."""
+    """ALTO v4 and PAGE 2019 pages with their image, an ALTO page whose image is missing, a broken
+    ALTO file and an XML file that is neither."""
     root = tmp_path / "in"
     _page_image(root / "alto" / "a1.png")
     (root / "alto" / "a1.xml").write_text(ALTO.format(image="a1.png"), encoding="utf-8")
     (root / "alto" / "lost.xml").write_text(ALTO.format(image="lost.png"), encoding="utf-8")
+    (root / "alto" / "broken.xml").write_text(f'<alto xmlns="{ALTO_NS}"><Layout>', encoding="utf-8")
     _page_image(root / "page" / "p1.jpg")
     (root / "page" / "p1.xml").write_text(PAGE.format(image="p1.jpg"), encoding="utf-8")
     (root / "other.xml").write_text("<annotation><filename>x.jpg</filename></annotation>", encoding="utf-8")
@@ -168,16 +171,36 @@ def test_formats_match_the_cli_choices() -> None:
     assert FORMATS == TRANSCRIBE_FORMATS
 
 
+@pytest.mark.parametrize(
+    ("root", "kind"),
+    [
+        ('<alto xmlns="http://www.loc.gov/standards/alto/ns-v2#"/>', "alto"),
+        ('<alto xmlns="http://www.loc.gov/standards/alto/ns-v3#"/>', "alto"),
+        ("<alto/>", "alto"),
+        ('<pc:PcGts xmlns:pc="http://schema.primaresearch.org/PAGE/gts/pagecontent/2013-07-15"/>', "page"),
+        ('<PcGts xmlns="http://example.org/not-page"/>', None),
+        ("<annotation><alto/></annotation>", None),
+        ("<alto><unclosed>", "alto"),  # named by its root; reading it then counts it unreadable
+        ("plain text", None),
+    ],
+)
+def test_format_from_the_root_and_its_namespace(tmp_path: Path, root: str, kind: str | None) -> None:
+    path = tmp_path / "doc.xml"
+    path.write_text(root, encoding="utf-8")
+    assert xml_kind(path) == kind
+
+
 def test_alto_filled_ids_and_attributes_kept(pages_dir: Path, tmp_path: Path, engine) -> None:
     out = tmp_path / "out"
     report = transcribe_files(
         *engine, [pages_dir / "alto"], _cfg(tmp_path), TranscribeOptions(out=out, fmt="alto")
     )
-    assert report.files == 2 and report.pages == 1
+    assert report.files == 3 and report.pages == 1
     assert report.lines == 3  # l1, l2, l3; l4 outside the page and l5 of zero width are skipped
     reasons = report.log.by_reason()
     assert reasons[OUTSIDE_PAGE] == 1 and reasons[ZERO_SIZE] == 1
     assert reasons[NO_PAGE_IMAGE] == 5  # every line of lost.xml
+    assert reasons[XML_UNREADABLE] == 1 and "broken.xml (" in report.log.examples[XML_UNREADABLE][0]
     assert report.log.examples[OUTSIDE_PAGE] == [f"{pages_dir / 'alto' / 'a1.xml'}#l4"]
     assert any("lost.xml (lost.png)" in e for e in report.log.examples[NO_PAGE_IMAGE])
     assert [p.name for p in report.outputs] == ["a1.xml"]
@@ -369,8 +392,9 @@ def test_cli_transcribe_through_the_entry_point(pages_dir: Path, tmp_path: Path)
     )
     assert result.returncode == 0, result.stderr
     assert (out / "alto" / "a1.xml").is_file() and (out / "page" / "p1.xml").is_file()
-    assert "2 pages of 3 ALTO/PAGE files, 5 lines read" in result.stdout
+    assert "2 pages of 4 ALTO/PAGE files, 5 lines read" in result.stdout
     assert "skipped 5: page image not found, e.g." in result.stdout
+    assert "skipped 1: XML file unreadable, e.g." in result.stdout
     assert "1 XML files are neither ALTO nor PAGE" in result.stdout
     assert "1 lines of other types" in result.stdout
 
