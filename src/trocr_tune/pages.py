@@ -190,7 +190,11 @@ def xml_kind(path: Path) -> str | None:
 
 def read_document(path: Path, kind: str) -> Document:
     """Parse `path` with lxml and find its lines with the training layout's parser."""
-    raw = path.read_bytes()
+    return parse_document(path.read_bytes(), kind, path)
+
+
+def parse_document(raw: bytes, kind: str, path: Path) -> Document:
+    """A document from its bytes (e.g. an upload); `path` names it and locates its page image."""
     tree = etree.parse(io.BytesIO(raw), _parser())
     parse = parse_alto if kind == "alto" else parse_page
     page = parse(tree.getroot(), path)
