@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,37 +139,74 @@ def run_main(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return int(done.value.code or 0), capfd.readouterr().err
 
 
-def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
-    lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor], capfd: pytest.CaptureFixture[str]
-) -> None:
-    """Deliver 2: SIGKILL of the real `trocr-tune train` process mid-training; its newest
-    checkpoint is then left as a kill during its save leaves it (0-byte config.json, no
-    trainer_state.json); resuming skips it, says so, and ends bit-identical to the reference."""
-    proc = subprocess.Popen(
-        [trocr_tune_bin(), "train", *args(lines, tmp_path)],
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+# Loaded by the `trocr-tune train` subprocess (PYTHONPATH) to hold its first checkpoint save
+# half-way: model and optimizer written, RNG state and trainer_state.json not yet. A SIGKILL
+# then hits the save itself, every time, instead of by the luck of a poll.
+HOLD_THE_SAVE = """
+import os, time
+from transformers import Trainer
+
+original = Trainer._save_rng_state
+
+def held(self, output_dir):
+    open(os.environ["SAVE_REACHED"], "w").close()
+    time.sleep(120)
+    return original(self, output_dir)
+
+Trainer._save_rng_state = held
+"""
+
+
+def start_train(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [trocr_tune_bin(), "train", *argv],
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = tmp_path / "checkpoints" / "checkpoint-8" / "trainer_state.json"
+
+
+def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            json.loads(state.read_text(encoding="utf-8"))
-            break
-        except (OSError, ValueError):
-            time.sleep(0.005)
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(30) == -signal.SIGKILL
+
+
+def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
+    lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Deliver 2: SIGKILL of the real `trocr-tune train` process mid-training, then of the resumed
+    one in the middle of a checkpoint save; resuming skips the half-written checkpoint, says so,
+    and ends bit-identical to the uninterrupted reference."""
+
+    def complete(step: int) -> bool:
+        try:
+            json.loads((tmp_path / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    kill_when(start_train(args(lines, tmp_path)), lambda: complete(4))  # mid-training
     assert not (tmp_path / "model").exists()
-    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
-    assert 8 in steps and steps[-1] < STEPS, steps
-    newest = tmp_path / "checkpoints" / f"checkpoint-{steps[-1]}"
-    (newest / "trainer_state.json").unlink(missing_ok=True)
-    (newest / "config.json").write_bytes(b"")
+    done = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert done and done[-1] < STEPS, done
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_THE_SAVE, encoding="utf-8")
+    reached = tmp_path / "save-reached"
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": path, "SAVE_REACHED": str(reached)}
+    resumed = start_train([*args(lines, tmp_path), "train.resume=true"], env)
+    kill_when(resumed, reached.exists)  # mid-save
+    half = [p for p in (tmp_path / "checkpoints").glob("checkpoint-*") if not complete(int(p.name[11:]))]
+    assert len(half) == 1 and (half[0] / "model.safetensors").is_file(), half
+
     code, err = run_main(capfd, "train", *args(lines, tmp_path), "train.resume=true")
     assert code == 0, err[-2000:]
-    assert f"resume: skipping incomplete checkpoint {newest.name}" in err
+    assert f"resume: skipping incomplete checkpoint {half[0].name} (no trainer_state.json)" in err
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["train"]["optimizer_steps"] == STEPS and metrics["train"]["interrupted"] is False
     assert_same_weights(tmp_path / "model", reference)
