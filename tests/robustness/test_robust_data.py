@@ -229,3 +229,14 @@ def test_row13_non_utf8_yaml_and_non_string_keys_are_one_line_errors(tmp_path: P
     top.write_text("true: 1\n", encoding="utf-8")
     with pytest.raises(UserError, match="must be a name, got bool"):
         load_config(top)
+
+
+def test_row01_tsv_text_starting_with_a_quote_is_read_as_written(tmp_path: Path) -> None:
+    root = tmp_path / "tsv"
+    line_image(root / "a.png", "a", size=(40, 16))
+    line_image(root / "b.png", "b", size=(40, 16))
+    lines = ["image\ttext\tsplit", 'a.png\t"Yes," he said\ttrain', 'b.png\t"open\ttrain\textra']
+    (root / "manifest.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = read("data.layout=manifest", f"data.root={root}")
+    assert [s.text for s in r.samples] == ['"Yes," he said']
+    assert r.log.by_reason() == {"row with an unclosed or stray quote": 1}

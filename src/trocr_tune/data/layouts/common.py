@@ -92,8 +92,13 @@ def csv_rows(
         try:
             fields = next(csv.reader([text], delimiter=delimiter, strict=True), [])
         except csv.Error:
-            log.drop(BAD_QUOTE, f"{path.name}:{number}", split)
-            continue
+            literal = text.split(delimiter)
+            # A TSV line of the right width whose text starts with a quote ('"Yes," he said'):
+            # tab-separated exports often leave quotes unescaped, so read them as written.
+            if delimiter != "\t" or len(literal) != width:
+                log.drop(BAD_QUOTE, f"{path.name}:{number}", split)
+                continue
+            fields = literal
         if width is None:
             width = len(fields)
         elif len(fields) != width and any(f.strip() for f in fields):
