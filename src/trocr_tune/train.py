@@ -316,7 +316,9 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     with probe_args.main_process_first(desc="reading the dataset"):
         result = read_dataset(cfg.data)
         if cfg.data.check_images == "header":  # a truncated file must not stop training mid-epoch
-            decode_check(result, ("train", "validation"))
+            undecodable = decode_check(result, ("train", "validation"))
+            if undecodable and probe_args.process_index == 0:
+                print(undecodable, file=sys.stderr, flush=True)
     train_samples, eval_samples = result.split("train"), result.split("validation")
     if not train_samples:
         raise UserError(

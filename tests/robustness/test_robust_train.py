@@ -251,3 +251,5 @@ def test_row09_truncated_images_are_counted_skips_not_a_crash_mid_epoch(lines: P
     assert result.metrics["train"]["optimizer_steps"] == 4
     assert result.metrics["data"]["train"] == 12
     assert result.metrics["dropped"] == {"truncated image file": 1}
+    note = f"1 images do not decode and were skipped: 1 truncated image file (e.g. {cut} (with-cut.jsonl:13))"
+    assert note in result.metrics["notes"]

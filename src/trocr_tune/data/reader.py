@@ -98,20 +98,28 @@ def clean(samples: Iterator[LineSample], cfg: DataConfig, log: DropLog) -> Itera
         yield s.with_(text=text, size=size)
 
 
-def decode_check(result: ReadResult, splits: tuple[str, ...]) -> None:
+def decode_check(result: ReadResult, splits: tuple[str, ...]) -> str | None:
     """Fully decode the images of `splits` and drop (counted) those that fail, e.g. truncated files.
 
     The header check of `read_dataset` cannot see a file cut short; training would then stop
-    mid-epoch on it. Pillow decodes outside the GIL, so threads share the work.
+    mid-epoch on it. Pillow decodes outside the GIL, so threads share the work. Returns the note
+    added to the log when images were skipped.
     """
     chosen = [s for s in result.samples if s.split in splits]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         reasons = list(pool.map(lambda s: image_size(s.image, "decode")[1], chosen))
     bad = {id(s): reason for s, reason in zip(chosen, reasons, strict=True) if reason is not None}
+    skipped = DropLog()
     for s in chosen:
         if id(s) in bad:
             result.log.drop(bad[id(s)], s.source, s.split)
+            skipped.drop(bad[id(s)], f"{s.image} ({s.source})", s.split)
     result.samples = [s for s in result.samples if id(s) not in bad]
+    if not bad:
+        return None
+    note = f"{len(bad)} images do not decode and were skipped: {skipped.describe()}"
+    result.log.note(note)
+    return note
 
 
 def read_dataset(cfg: DataConfig, log: DropLog | None = None) -> ReadResult:
