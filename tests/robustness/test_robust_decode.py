@@ -107,6 +107,9 @@ def test_row11_predict_skips_bad_images_and_answers_for_the_rest(
     code, _, err = run(capsys, "predict", str(checkpoint), str(folder), "--out", str(written))
     assert code == 0 and "wrote 1 predictions" in err and "6 images skipped" in err
     assert written.read_text(encoding="utf-8").splitlines()[1].startswith(str(good))
+    good.unlink()
+    code, out, err = run(capsys, "predict", str(checkpoint), str(folder))
+    assert code == 2 and out == "" and "error: none of the 6 images is readable" in err
 
 
 def test_row19_evaluate_notes_references_the_tokenizer_cannot_encode(
