@@ -6,12 +6,14 @@ Each test writes a tiny replica of the case on disk and reads it through the rea
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
 import pytest
 
 from trocr_tune.config import load_config
+from trocr_tune.data.layouts.manifest import OUTSIDE_ROOT
 from trocr_tune.data.reader import ReadResult, read_dataset
 from trocr_tune.errors import UserError
 
@@ -77,6 +79,21 @@ def test_row06_manifest_paths_stay_inside_the_dataset_folder(tmp_path: Path) -> 
     )
     allowed = read(*common, "data.allow_outside_root=true")
     assert [s.text for s in allowed.samples] == ["ok", "up", "absolute"]  # passwd is no image
+
+
+def test_row06_data_check_manifest_reads_its_own_images(kaggle_dir: Path, tmp_path: Path) -> None:
+    from trocr_tune.data.check import check_dataset
+
+    cfg = load_config(None, ["data.layout=kaggle-names", f"data.root={kaggle_dir}"])
+    out = tmp_path / "elsewhere" / "names.jsonl"
+    check_dataset(cfg, out)  # images stay in the kaggle folder, named by names.config.yaml
+    again = read("data.layout=manifest", f"data.root={out}")
+    assert again.samples and len(again.samples) == len(read_dataset(cfg.data).samples)
+    # A sidecar naming the filesystem root (or the home folder) opens nothing outside.
+    sidecar = out.with_name("names.config.yaml")
+    sidecar.write_text("data:\n  root: /\n  cache_dir: /\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"5 {re.escape(OUTSIDE_ROOT)}"):
+        read("data.layout=manifest", f"data.root={out}")
 
 
 def test_row17_drop_examples_are_filed_per_split(kaggle_dir: Path) -> None:

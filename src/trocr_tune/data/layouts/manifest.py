@@ -7,8 +7,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from ...config import SPLITS, DataConfig
 from ...errors import UserError
+from ..crops import default_cache_dir
 from ..records import DropLog, LineSample
 from .common import PARTITION_NAMES, canonical_split, csv_rows, decoded_lines, placeholder_label
 
@@ -24,6 +27,33 @@ OUTSIDE_ROOT = "image path outside the dataset folder (data.allow_outside_root=t
 def inside(folder: str, path: str) -> bool:
     """Whether `path` (absolute, normalised) lies within `folder` (absolute)."""
     return os.path.commonpath([folder, path]) == folder
+
+
+def written_roots(manifest: Path) -> list[str]:
+    """Folders a manifest written by `data check --manifest` may point into: its dataset and crop cache.
+
+    They come from the `NAME.config.yaml` that command writes beside `NAME.jsonl`; a filesystem root
+    or the home folder itself is never taken from it.
+    """
+    sidecar = manifest.with_name(manifest.stem + ".config.yaml")
+    if not sidecar.is_file():
+        return []
+    try:
+        data = (yaml.safe_load(sidecar.read_text(encoding="utf-8")) or {}).get("data") or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    roots = []
+    if isinstance(data.get("root"), str):
+        root = Path(data["root"]).expanduser()
+        if not root.is_absolute():
+            root = sidecar.parent / root
+        roots.append(root.parent if root.is_file() else root)
+    cache = data.get("cache_dir")
+    roots.append(Path(cache).expanduser() if isinstance(cache, str) else default_cache_dir())
+    refused = {os.path.abspath(os.sep), os.path.abspath(os.path.expanduser("~"))}
+    return [r for r in (os.path.abspath(r) for r in roots) if r not in refused]
 
 
 def manifest_files(root: Path) -> list[tuple[Path, str | None]]:
@@ -83,12 +113,14 @@ def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSam
     """Rows of the manifest(s); relative image paths resolve against the manifest's folder.
 
     Image paths must stay inside the dataset folder (data.root, or the folder of a manifest file
-    given as data.root) unless data.allow_outside_root: a downloaded manifest must not make
-    trocr-tune read ../../etc/passwd or any other file of the machine.
+    given as data.root), or the dataset and crop cache of a manifest written by `data check
+    --manifest` (written_roots), unless data.allow_outside_root: a downloaded manifest must not
+    make trocr-tune read ../../etc/passwd or any other file of the machine.
     """
-    allowed = os.path.abspath(root if root.is_dir() else root.parent)
+    base = os.path.abspath(root if root.is_dir() else root.parent)
     for path, file_split in manifest_files(root):
         folder = os.path.abspath(path.parent)
+        allowed = [base, *written_roots(path)]
         is_json = path.suffix.lower() in JSON_SUFFIXES
         rows = _json_rows(path, cfg, log) if is_json else _delimited_rows(path, cfg, log)
         first = True
@@ -108,7 +140,7 @@ def read_manifest(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[LineSam
                 log.drop(reason, source, file_split)
                 continue
             image_path = os.path.normpath(os.path.join(folder, os.path.expanduser(image.strip())))
-            if not cfg.allow_outside_root and not inside(allowed, image_path):
+            if not cfg.allow_outside_root and not any(inside(a, image_path) for a in allowed):
                 log.drop(OUTSIDE_ROOT, source, file_split)
                 continue
             split = file_split
