@@ -257,3 +257,19 @@ def test_row01_tsv_text_starting_with_a_quote_is_read_as_written(tmp_path: Path)
     r = read("data.layout=manifest", f"data.root={root}")
     assert [s.text for s in r.samples] == ['"Yes," he said']
     assert r.log.by_reason() == {"row with an unclosed or stray quote": 1}
+
+
+def test_row06_xml_page_image_names_stay_in_the_xml_folder(tmp_path: Path) -> None:
+    outside = line_image(tmp_path / "secret.png", "secret", size=(400, 100))
+    lines = [("l1", "10", "10", "200", "30", "a line")]
+    for name in (str(outside), "../secret.png"):
+        root = tmp_path / f"alto-{len(name)}"
+        _alto(root / "p.xml", name, lines)
+        with pytest.raises(UserError, match="page image"):
+            read("data.layout=alto", f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}")
+    # Transkribus exports keep the XML in page/ beside the images: that parent is looked in.
+    root = tmp_path / "transkribus"
+    line_image(root / "p.png", "a page", size=(400, 100))
+    _alto(root / "page" / "p.xml", "p.png", lines)
+    r = read("data.layout=alto", f"data.root={root}", f"data.cache_dir={tmp_path / 'c'}", "data.resplit=true")
+    assert [s.text for s in r.samples] == ["a line"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,9 +174,17 @@ def type_matches(types: tuple[str, ...], wanted: list[str]) -> bool:
 
 
 def _find_image(xml: Path, name: str | None) -> Path | None:
+    """The page image an XML file names, looked up beside it (never outside its folder)."""
+    folder = os.path.abspath(xml.parent)
     candidates = []
     if name:
-        candidates += [xml.parent / name, xml.parent / Path(name.replace("\\", "/")).name]
+        named = os.path.normpath(os.path.join(folder, name.replace("\\", "/")))
+        if os.path.commonpath([folder, named]) == folder:  # an absolute or ../ name is not followed
+            candidates.append(Path(named))
+        base_name = Path(name.replace("\\", "/")).name
+        candidates.append(xml.parent / base_name)
+        if xml.parent.name == "page":  # Transkribus exports: page/NAME.xml beside the images
+            candidates.append(xml.parent.parent / base_name)
     stem = xml.name.split(".")[0]
     candidates += [xml.parent / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS]
     return next((c for c in candidates if c.is_file()), None)
