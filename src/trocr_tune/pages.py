@@ -36,6 +36,7 @@ from .data.layouts.xml_pages import (
 )
 from .data.records import DropLog
 from .errors import UserError
+from .files import atomic_write_bytes
 
 FORMATS = ("alto", "page", "txt", "jsonl")
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
@@ -360,17 +361,6 @@ def _check_options(options: TranscribeOptions) -> None:
         raise UserError("give --out DIR for the transcribed files (or --in-place to overwrite the inputs)")
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Temporary file + rename: an interrupted run never leaves half a page (or half an input)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _region_ranks(root: Any) -> dict[str, int]:
     """PAGE ReadingOrder as region id -> position (ordered groups by @index, nested groups inline)."""
     page = next((e for e in root if _local(e.tag) == "Page"), None)
@@ -527,9 +517,9 @@ def transcribe_files(
             if page.output is None:
                 continue
             if options.fmt == "txt":
-                _write_bytes(page.output, "".join(t + "\n" for t in texts).encode("utf-8"))
+                atomic_write_bytes(page.output, "".join(t + "\n" for t in texts).encode("utf-8"))
             else:
-                _write_bytes(page.output, page.doc.to_bytes())
+                atomic_write_bytes(page.output, page.doc.to_bytes())
             report.outputs.append(page.output)
             if progress:
                 progress(f"{page.rel}: {len(page.lines)} lines -> {page.output}")
@@ -545,7 +535,7 @@ def transcribe_files(
     if options.fmt == "jsonl" and options.out is not None:
         path = options.out / JSONL_NAME
         rows = [json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in readings]
-        _write_bytes(path, "".join(rows).encode("utf-8"))
+        atomic_write_bytes(path, "".join(rows).encode("utf-8"))
         report.outputs.append(path)
     report.seconds = time.perf_counter() - start
     if report.lines == 0:
