@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from .config import Config
+from .config import Config, DataConfig
 from .data.crops import Crop, CropCache
 from .data.layouts.xml_pages import (
     NO_GEOMETRY,
@@ -37,6 +37,9 @@ from .data.layouts.xml_pages import (
 from .data.records import DropLog
 from .errors import UserError
 from .files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .predict import Prediction
 
 FORMATS = ("alto", "page", "txt", "jsonl")
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
@@ -172,11 +175,17 @@ def _namespace(tag: str) -> str:
     return tag[1:].split("}", 1)[0] if tag.startswith("{") else ""
 
 
-def xml_kind(path: Path) -> str | None:
-    """'alto' or 'page' from the root element and its namespace; None for other or broken XML."""
+def xml_kind(source: Path | bytes) -> str | None:
+    """'alto' or 'page' from the root element and its namespace; None for other or broken XML.
+
+    `source` is a file or the document's bytes (an upload)."""
     try:
         for _, element in etree.iterparse(
-            str(path), events=("start",), resolve_entities=False, no_network=True, load_dtd=False
+            io.BytesIO(source) if isinstance(source, bytes) else str(source),
+            events=("start",),
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
         ):
             local, ns = _local(element.tag), _namespace(element.tag)
             if local == "alto" and (not ns or ns.startswith(ALTO_NAMESPACE)):
@@ -464,20 +473,43 @@ def _pages(
             named = f" ({doc.page.image_name})" if doc.page.image_name else ""
             report.log.drop(NO_PAGE_IMAGE, f"{rel}{named}", count=max(1, len(doc.page.lines)))
             continue
-        lines = doc.page.lines
-        if data.line_types:
-            kept = [ln for ln in lines if type_matches(ln.types, data.line_types)]
-            report.untouched += len(lines) - len(kept)
-            lines = kept
-        crops = cache.crops(image, [ln.region for ln in lines]) if lines else {}
-        usable = []
-        for ln in lines:
-            crop = crops[ln.id]
-            if isinstance(crop, Crop):
-                usable.append((ln, crop))
-            else:  # outside the page image, a degenerate box, an unreadable page image
-                report.log.drop(crop, f"{rel}#{ln.id}")
-        yield _Pending(doc, rel, output, in_reading_order(doc, usable))
+        lines, untouched = page_lines(doc, image, data, cache, report.log, rel)
+        report.untouched += untouched
+        yield _Pending(doc, rel, output, lines)
+
+
+def page_lines(
+    doc: Document, image: Path, data: DataConfig, cache: CropCache, log: DropLog, rel: str
+) -> tuple[list[tuple[PageLine, Crop]], int]:
+    """The lines of `doc` to read, cropped out of `image`, in reading order, and how many lines
+    data.line_types leaves untouched; lines that cannot be cropped are dropped into `log`."""
+    lines = doc.page.lines
+    untouched = 0
+    if data.line_types:
+        kept = [ln for ln in lines if type_matches(ln.types, data.line_types)]
+        untouched = len(lines) - len(kept)
+        lines = kept
+    crops = cache.crops(image, [ln.region for ln in lines]) if lines else {}
+    usable = []
+    for ln in lines:
+        crop = crops[ln.id]
+        if isinstance(crop, Crop):
+            usable.append((ln, crop))
+        else:  # outside the page image, a degenerate box, an unreadable page image
+            log.drop(crop, f"{rel}#{ln.id}")
+    return in_reading_order(doc, usable), untouched
+
+
+def fill_lines(
+    doc: Document, rel: str, lines: Sequence[tuple[PageLine, Crop]], predictions: Sequence[Prediction]
+) -> list[LineReading]:
+    """Write each line's prediction into `doc`; the readings in the same order."""
+    readings = []
+    for (line, _), prediction in zip(lines, predictions, strict=True):
+        confidence = confidence_of(prediction.confidence)
+        fill_line(doc, line, prediction.text, confidence)
+        readings.append(LineReading(rel, line.id, prediction.text, confidence, line.region.box))
+    return readings
 
 
 def transcribe_files(
@@ -505,13 +537,9 @@ def transcribe_files(
         predictions, _ = transcribe(bundle, crops, cfg.eval, num_workers=options.num_workers, runner=runner)
         done = iter(predictions)
         for page in batch:
-            texts = []
-            for line, _ in page.lines:
-                prediction = next(done)
-                confidence = confidence_of(prediction.confidence)
-                fill_line(page.doc, line, prediction.text, confidence)
-                texts.append(prediction.text)
-                readings.append(LineReading(page.rel, line.id, prediction.text, confidence, line.region.box))
+            filled = fill_lines(page.doc, page.rel, page.lines, [next(done) for _ in page.lines])
+            readings.extend(filled)
+            texts = [r.text for r in filled]
             report.lines += len(page.lines)
             report.pages += 1
             if page.output is None:
@@ -563,3 +591,51 @@ def transcribe_pages(
     find_xml_files(inputs, cfg.data.xml_glob)  # a wrong path fails before the model loads
     bundle, runner = load_runner(model, pick_device(device), cfg.optimize)
     return transcribe_files(bundle, runner, inputs, cfg, options, progress)
+
+
+@dataclass
+class FilledPage:
+    """One uploaded page after `fill_page`: the document's bytes with the readings in."""
+
+    xml: bytes
+    kind: str  # alto or page
+    lines: list[LineReading]
+    untouched: int  # lines of other types (data.line_types), left as they were
+    log: DropLog  # lines that could not be cropped, by reason
+
+
+def fill_page(
+    raw: bytes,
+    image: Path,
+    cfg: Config,
+    decode: Callable[[list[str]], Sequence[Prediction]],
+    name: str = "page.xml",
+    cache_dir: Path | None = None,
+) -> FilledPage:
+    """Fill one ALTO/PAGE document given as bytes, with `image` as its page image (the name the
+    XML gives is not looked up), by the rules `transcribe` follows.
+
+    `decode` reads line crop files into predictions (e.g. the service's batching queue); crops
+    go to `cache_dir` (default data.cache_dir). Raises UserError for XML that is neither ALTO nor
+    PAGE, broken, or not in pixels.
+    """
+    kind = xml_kind(raw)
+    if kind is None:
+        raise UserError(f"{name}: not ALTO or PAGE XML (or broken)")
+    try:
+        doc = parse_document(raw, kind, Path(name))
+    except etree.XMLSyntaxError as exc:
+        raise UserError(f"{name}: {XML_UNREADABLE} ({exc})") from None
+    except UserError as exc:
+        raise UserError(f"{name}: {NOT_PIXELS} ({exc})") from None
+    except ValueError as exc:
+        raise UserError(f"{name}: {XML_UNREADABLE} ({exc})") from None
+    log = DropLog()
+    if doc.page.skipped:
+        log.drop(NO_GEOMETRY, name, count=doc.page.skipped)
+    data = cfg.data
+    cache = CropCache(cache_dir or data.cache_dir, data.crop_padding, data.polygon_mask)
+    lines, untouched = page_lines(doc, image, data, cache, log, name)
+    predictions = decode([crop.path for _, crop in lines]) if lines else []
+    readings = fill_lines(doc, name, lines, predictions)
+    return FilledPage(doc.to_bytes(), kind, readings, untouched, log)
