@@ -772,6 +772,115 @@ def transcribe_command(
         click.echo(row)
 
 
+# Keys `serve` reads from CONFIG and KEY=VALUE arguments: decoding, the variant, and page crops.
+SERVE_KEYS = ("eval.", "optimize.", "data.line_types", "data.crop_padding", "data.polygon_mask")
+
+
+def _serve_help(name: str) -> str:
+    from .serve.settings import help_of
+
+    return help_of(name)
+
+
+@cli.command("serve")
+@click.argument("model_path", metavar="MODEL")
+@click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")
+@click.option("--host", default="127.0.0.1", show_default=True, help=_serve_help("host"))
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help=_serve_help("port")
+)
+@click.option(
+    "--max-batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=_serve_help("max_batch_size"),
+)
+@click.option(
+    "--max-wait-ms",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help=_serve_help("max_wait_ms"),
+)
+@click.option(
+    "--queue-size", default=256, show_default=True, type=click.IntRange(min=1), help=_serve_help("queue_size")
+)
+@click.option(
+    "--max-request-bytes",
+    default=32 * 2**20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=_serve_help("max_request_bytes"),
+)
+@click.option(
+    "--max-image-pixels",
+    default=50_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=_serve_help("max_image_pixels"),
+)
+@click.option(
+    "--max-lines-per-request",
+    default=256,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help=_serve_help("max_lines_per_request"),
+)
+@click.option("--api-key", default=None, help=_serve_help("api_key"))
+@click.option("--device", default="auto", show_default=True, help=_serve_help("device"))
+def serve_command(
+    model_path: str,
+    args: tuple[str, ...],
+    host: str,
+    port: int,
+    max_batch_size: int,
+    max_wait_ms: float,
+    queue_size: int,
+    max_request_bytes: int,
+    max_image_pixels: int,
+    max_lines_per_request: int,
+    api_key: str | None,
+    device: str,
+) -> None:
+    """Serve MODEL over HTTP: line images and ALTO/PAGE pages in, text out (extra [serve]).
+
+    \b
+    MODEL is a checkpoint or an artifact of `trocr-tune optimize`; it is loaded once, in the
+    background (GET /ready answers 503 until then). CONFIG and KEY=VALUE set eval.* (decoding, as
+    predict), optimize.* and data.line_types / crop_padding / polygon_mask (pages, as transcribe).
+    Endpoints: POST /v1/lines, POST /v1/pages, GET /health, /ready, /metrics, OpenAPI at /docs.
+    Lines of concurrent requests are decoded together (--max-batch-size, --max-wait-ms). See
+    docs/serve.md.
+    \b
+    Example:
+      trocr-tune serve RUN/model eval.num_beams=4 --port 8000 --api-key SECRET
+    """
+    from .serve import ServeSettings, serve
+
+    path, overrides = split_config_args(args)
+    for item in overrides:
+        if not item.split("=", 1)[0].startswith(SERVE_KEYS):
+            raise UserError(
+                "serve reads only eval.*, optimize.* and data.line_types / crop_padding / polygon_mask; "
+                f"got {item!r}"
+            )
+    cfg = load_config(path, overrides)
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        queue_size=queue_size,
+        max_request_bytes=max_request_bytes,
+        max_image_pixels=max_image_pixels,
+        max_lines_per_request=max_lines_per_request,
+        api_key=api_key,
+        device=device,
+    )
+    serve(model_path, cfg, settings)
+
+
 @cli.command("lm")
 @click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")

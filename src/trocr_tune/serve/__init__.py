@@ -1,0 +1,68 @@
+"""The HTTP service: `trocr-tune serve MODEL` (FastAPI + uvicorn, extra [serve]).
+
+settings.py holds the options, batching.py the queue and the worker that owns the model,
+metrics.py the Prometheus metrics and app.py the endpoints; `serve` below wires them to a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..config import Config
+from ..errors import UserError
+from .settings import API_KEY_ENV, ServeSettings, help_of
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ..predict import Prediction
+    from .batching import Decoder
+
+__all__ = ["API_KEY_ENV", "ServeSettings", "build_app", "help_of", "model_decoder", "serve"]
+
+
+def model_decoder(model: str, cfg: Config, settings: ServeSettings) -> Decoder:
+    """Load `model` (checkpoint or `optimize` artifact) once; a function that decodes line files
+    with cfg.eval's decoding settings, all of them in one generate call (predict.transcribe)."""
+    from ..optimize import load_runner
+    from ..predict import generation_kwargs, pick_device, transcribe
+
+    bundle, runner = load_runner(model, pick_device(settings.device), cfg.optimize)
+    generation_kwargs(bundle, cfg.eval)  # a missing char_lm.json fails now, not on the first request
+    settings_eval = dataclasses.replace(cfg.eval, batch_size=settings.max_batch_size)
+
+    def decode(paths: list[str]) -> Sequence[Prediction]:
+        predictions, _ = transcribe(bundle, paths, settings_eval, runner=runner)
+        return predictions
+
+    return decode
+
+
+def _require_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            f"serve needs the [serve] extra ({exc.name} is missing): pip install 'trocr-tune[serve]'"
+        ) from None
+
+
+def build_app(model: str, cfg: Config, settings: ServeSettings) -> FastAPI:
+    """The app for `model`, which loads in the background once the app starts."""
+    _require_extra()
+    from .app import create_app
+
+    return create_app(settings, cfg, lambda: model_decoder(model, cfg, settings))
+
+
+def serve(model: str, cfg: Config, settings: ServeSettings) -> None:
+    """Run the service until interrupted (SIGINT/SIGTERM: queued requests are answered first)."""
+    app = build_app(model, cfg, settings)
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

@@ -1,0 +1,454 @@
+"""`trocr-tune serve` through real HTTP on localhost: readiness, answers equal to predict's and
+transcribe's, micro-batching across requests, limits, API key, metrics, graceful shutdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from lxml import etree
+from PIL import Image, ImageDraw
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("multipart")
+pytest.importorskip("prometheus_client")
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from trocr_tune.cli import cli
+from trocr_tune.config import Config, load_config
+from trocr_tune.serve import API_KEY_ENV, ServeSettings, model_decoder
+from trocr_tune.serve.app import create_app
+
+from conftest import line_image
+
+MODEL = "trocr-tune/base-htr"  # the shipped 0.9M-parameter base: real decoding, fast on CPU
+WORDS = ["uno", "dos tres", "cuatro", "cinco seis siete", "ocho", "nueve diez", "once", "doce trece"]
+ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
+ALTO = f"""<?xml version="1.0" encoding="UTF-8"?>
+<alto xmlns="{ALTO_NS}">
+  <Description><MeasurementUnit>pixel</MeasurementUnit>
+    <sourceImageInformation><fileName>elsewhere.png</fileName></sourceImageInformation></Description>
+  <Layout><Page ID="p1" WIDTH="400" HEIGHT="200"><PrintSpace>
+    <TextBlock ID="b1" HPOS="0" VPOS="0" WIDTH="400" HEIGHT="200">
+      <TextLine ID="l1" HPOS="10" VPOS="10" WIDTH="200" HEIGHT="30">
+        <String ID="s1" CONTENT="old" HPOS="10" VPOS="10" WIDTH="200" HEIGHT="30"/></TextLine>
+      <TextLine ID="l2" HPOS="10" VPOS="60" WIDTH="150" HEIGHT="30"/>
+      <TextLine ID="l3" HPOS="900" VPOS="900" WIDTH="50" HEIGHT="30"/>
+    </TextBlock>
+  </PrintSpace></Page></Layout>
+</alto>
+"""
+
+
+# ------------------------------------------------------------------------------------------
+# A server on a free localhost port, in a thread
+
+
+class Server:
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.app = app
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 20) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.stop()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while call(self.url + "/ready")[0] != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+
+
+def call(
+    url: str,
+    body: bytes | Iterator[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    method: str | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request; non-2xx answers are returned, not raised."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def multipart(files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body of (field, file name, content) parts."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, filename, content in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def as_json(payload: Any) -> tuple[bytes, dict[str, str]]:
+    return json.dumps(payload).encode(), {"Content-Type": "application/json"}
+
+
+def post_lines(url: str, paths: Sequence[Path], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    body, head = multipart([("images", p.name, p.read_bytes()) for p in paths])
+    status, _, raw = call(url + "/v1/lines", body, {**head, **(headers or {})})
+    return status, json.loads(raw)
+
+
+def metric_samples(url: str) -> dict[str, list[Any]]:
+    status, _, raw = call(url + "/metrics")
+    assert status == 200
+    return {f.name: f.samples for f in text_string_to_metric_families(raw.decode())}
+
+
+# ------------------------------------------------------------------------------------------
+# Fixtures: one model load for the module, the images, predict's answers for them
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return load_config(None, [f"data.cache_dir={tmp_path_factory.mktemp('cache')}"])
+
+
+@pytest.fixture(scope="module")
+def decoder(cfg: Config) -> Callable[[list[str]], Any]:
+    return model_decoder(MODEL, cfg, ServeSettings(device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("lines")
+    return [line_image(root / f"w{i}.png", word) for i, word in enumerate(WORDS)]
+
+
+@pytest.fixture(scope="module")
+def predicted(images: list[Path]) -> dict[str, tuple[str, float]]:
+    """image name -> (text, mean log-prob) as `trocr-tune predict` prints them."""
+    result = CliRunner().invoke(cli, ["predict", MODEL, *map(str, images), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    return {Path(path).name: (text, float(logprob)) for path, text, logprob in rows}
+
+
+def app_for(cfg: Config, decode: Callable[[list[str]], Any], **settings: Any) -> Any:
+    return create_app(ServeSettings(device="cpu", **settings), cfg, lambda: decode)
+
+
+def assert_like_predict(line: dict[str, Any], predicted: dict[str, tuple[str, float]]) -> None:
+    text, logprob = predicted[line["id"]]
+    assert line["text"] == text
+    assert 0 < line["confidence"] <= 1
+    assert math.log(line["confidence"]) == pytest.approx(logprob, abs=2e-4)  # predict prints 4 decimals
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_ready_only_once_loaded_then_answers_equal_predict(
+    cfg: Config, images: list[Path], predicted: dict[str, tuple[str, float]]
+) -> None:
+    loading = threading.Event()
+
+    def load() -> Any:
+        loading.wait(30)
+        return model_decoder(MODEL, cfg, ServeSettings(device="cpu"))
+
+    with Server(create_app(ServeSettings(device="cpu"), cfg, load)) as server:
+        status, _, raw = call(server.url + "/ready")
+        assert (status, json.loads(raw)) == (503, {"ready": False})
+        assert call(server.url + "/health")[0] == 200
+        status, headers, raw = call(server.url + "/v1/lines", *as_json({"images": []}))
+        assert status == 503 and "error" in json.loads(raw) and headers["retry-after"]
+        loading.set()
+        server.wait_ready()
+        assert json.loads(call(server.url + "/ready")[2]) == {"ready": True}
+
+        status, answer = post_lines(server.url, images[:3])
+        assert status == 200
+        assert [line["id"] for line in answer["lines"]] == [p.name for p in images[:3]]
+        for line in answer["lines"]:
+            assert_like_predict(line, predicted)
+
+        items = [{"id": p.name, "data": base64.b64encode(p.read_bytes()).decode()} for p in images[3:]]
+        status, _, raw = call(server.url + "/v1/lines", *as_json({"images": items}))
+        assert status == 200
+        lines = json.loads(raw)["lines"]
+        assert [line["id"] for line in lines] == [p.name for p in images[3:]]
+        for line in lines:
+            assert_like_predict(line, predicted)
+        assert call(server.url + "/docs")[0] == 200
+        assert "/v1/lines" in json.loads(call(server.url + "/openapi.json")[2])["paths"]
+
+
+def test_concurrent_requests_batched_each_gets_its_own_answer(
+    cfg: Config, decoder: Any, images: list[Path], predicted: dict[str, tuple[str, float]]
+) -> None:
+    assert len({text for text, _ in predicted.values()}) > 1  # a swap would show
+    app = app_for(cfg, decoder, max_wait_ms=200, max_batch_size=32)
+    with Server(app) as server:
+        server.wait_ready()
+        # Every request 1 or 2 images, 24 requests from 8 clients.
+        requests = [[images[i % 8]] if i % 3 else [images[i % 8], images[(i + 3) % 8]] for i in range(24)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda paths: post_lines(server.url, paths), requests))
+        for paths, (status, answer) in zip(requests, answers, strict=True):
+            assert status == 200
+            assert [line["id"] for line in answer["lines"]] == [p.name for p in paths]
+            for line in answer["lines"]:
+                assert_like_predict(line, predicted)
+        samples = metric_samples(server.url)
+    batches = {
+        s.labels.get("le"): s.value for s in samples["trocr_tune_batch_size"] if s.name.endswith("_bucket")
+    }
+    count = next(s.value for s in samples["trocr_tune_batch_size"] if s.name.endswith("_count"))
+    assert batches["1.0"] < count  # at least one decoding call held lines of several requests
+    lines_decoded = next(s.value for s in samples["trocr_tune_lines_decoded"] if s.name.endswith("_total"))
+    assert lines_decoded == sum(len(r) for r in requests)
+    answered = {
+        (s.labels["endpoint"], s.labels["status"]): s.value
+        for s in samples["trocr_tune_requests"]
+        if s.name.endswith("_total")
+    }
+    assert answered[("/v1/lines", "200")] == 24
+
+
+@contextmanager
+def blocked(decoder: Any) -> Iterator[tuple[Any, threading.Event, threading.Event]]:
+    """A decoder that holds its first call until `release` is set (`entered`: it is held)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def decode(paths: list[str]) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return decoder(paths)
+
+    try:
+        yield decode, entered, release
+    finally:
+        release.set()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_full_queue_answers_429_with_retry_after(cfg: Config, decoder: Any, images: list[Path]) -> None:
+    with blocked(decoder) as (decode, entered, release):
+        app = app_for(cfg, decode, queue_size=1, max_lines_per_request=1, max_wait_ms=0, retry_after_s=3)
+        with Server(app) as server, ThreadPoolExecutor(2) as pool:
+            server.wait_ready()
+            first = pool.submit(post_lines, server.url, images[:1])
+            assert entered.wait(10)  # the worker holds the first line
+            second = pool.submit(post_lines, server.url, images[1:2])
+            wait_for(lambda: app.state.batcher.depth() == 1)  # the second fills the queue
+            body, head = multipart([("images", "x.png", images[2].read_bytes())])
+            status, headers, raw = call(server.url + "/v1/lines", body, head)
+            assert status == 429 and headers["retry-after"] == "3"
+            assert "queue full" in json.loads(raw)["error"]
+            release.set()
+            assert first.result(30)[0] == 200 and second.result(30)[0] == 200
+            samples = metric_samples(server.url)
+    rejected = [
+        s
+        for s in samples["trocr_tune_requests"]
+        if s.labels.get("status") == "429" and s.name.endswith("_total")
+    ]
+    assert rejected and rejected[0].value == 1
+
+
+def test_graceful_shutdown_answers_queued_requests(
+    cfg: Config, decoder: Any, images: list[Path], predicted: dict[str, tuple[str, float]]
+) -> None:
+    with blocked(decoder) as (decode, entered, release):
+        app = app_for(cfg, decode, max_batch_size=1, max_wait_ms=0)
+        server = Server(app).__enter__()
+        server.wait_ready()
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(post_lines, server.url, images[:1])
+            assert entered.wait(10)
+            queued = [pool.submit(post_lines, server.url, [p]) for p in images[1:4]]
+            wait_for(lambda: app.state.batcher.depth() == 3)
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()  # SIGTERM's path: uvicorn stops listening, then waits for its requests
+            time.sleep(0.3)
+            release.set()
+            stopping.join(30)
+            for future in [first, *queued]:
+                status, answer = future.result(30)
+                assert status == 200
+                assert_like_predict(answer["lines"][0], predicted)
+    assert not server.thread.is_alive()
+    assert app.state.batcher.depth() == 0
+
+
+def test_limits_and_bad_input_are_json_errors(cfg: Config, decoder: Any, images: list[Path]) -> None:
+    big = Image.new("L", (400, 300), 235)  # 120,000 pixels, a small PNG
+    big_path = images[0].parent / "big.png"
+    big.save(big_path)
+    app = app_for(cfg, decoder, max_request_bytes=60_000, max_lines_per_request=3, max_image_pixels=100_000)
+    with Server(app) as server:
+        server.wait_ready()
+        url = server.url + "/v1/lines"
+
+        def error(status: int, body: bytes | Iterator[bytes], headers: dict[str, str]) -> str:
+            answer = call(url, body, headers)
+            assert answer[0] == status, answer
+            message = json.loads(answer[2])["error"]
+            assert isinstance(message, str) and message
+            return message
+
+        assert "over the limit" in error(413, *as_json({"images": [{"data": "A" * 80_000}]}))
+        # Without Content-Length (chunked): stopped while the body streams in, JSON or multipart.
+        chunks = [b'{"images": [{"data": "', *[b"A" * 10_000] * 8, b'"}]}']
+        head = {"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        assert "over the limit" in error(413, iter(chunks), head)
+        body, head = multipart([("images", f"{i}.png", b"B" * 20_000) for i in range(3)])
+        head["Transfer-Encoding"] = "chunked"
+        parts = iter([body[i : i + 8192] for i in range(0, len(body), 8192)])
+        assert "over the limit" in error(413, parts, head)
+        assert "4 images" in error(413, *multipart([("images", p.name, p.read_bytes()) for p in images[:4]]))
+        assert "pixels" in error(413, *multipart([("images", "big.png", big_path.read_bytes())]))
+        error(422, *as_json({"images": []}))
+        error(422, *as_json({"pictures": []}))
+        error(422, b"{not json", {"Content-Type": "application/json"})
+        error(422, *multipart([("other", "a.png", images[0].read_bytes())]))
+        error(415, b"hello", {"Content-Type": "text/plain"})
+
+        good = base64.b64encode(images[0].read_bytes()).decode()
+        items = [
+            {"id": "text", "data": base64.b64encode(b"not an image at all").decode()},
+            {"id": "good", "data": good},
+            {"id": "not-base64", "data": "%%%"},
+        ]
+        status, _, raw = call(url, *as_json({"images": items}))
+        assert status == 200
+        text, ok, broken = json.loads(raw)["lines"]
+        assert text == {"id": "text", "error": "unreadable or corrupt image"}
+        assert ok["id"] == "good" and "text" in ok and "error" not in ok
+        assert broken == {"id": "not-base64", "error": "not valid base64"}
+
+        pages = server.url + "/v1/pages"
+        status, _, raw = call(pages, *multipart([("image", "p.png", images[0].read_bytes())]))
+        assert status == 422 and "xml" in json.loads(raw)["error"]
+        status, _, raw = call(
+            pages, *multipart([("image", "p.png", images[0].read_bytes()), ("xml", "p.xml", b"<html/>")])
+        )
+        assert status == 422 and "not ALTO or PAGE" in json.loads(raw)["error"]
+        assert call(server.url + "/nowhere")[0] == 404
+        assert "error" in json.loads(call(server.url + "/nowhere")[2])
+
+
+def test_api_key(cfg: Config, decoder: Any, images: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    assert ServeSettings().api_key == "from-env"
+    assert ServeSettings(api_key="given").api_key == "given"
+    with Server(app_for(cfg, decoder, api_key="s3cret")) as server:
+        server.wait_ready()
+        status, answer = post_lines(server.url, images[:1])
+        assert status == 401 and "API key" in answer["error"]
+        assert post_lines(server.url, images[:1], {"X-API-Key": "wrong"})[0] == 401
+        assert post_lines(server.url, images[:1], {"X-API-Key": "s3cret"})[0] == 200
+        assert post_lines(server.url, images[:1], {"Authorization": "Bearer s3cret"})[0] == 200
+        for open_path in ("/health", "/ready", "/metrics"):
+            assert call(server.url + open_path)[0] == 200
+
+
+def _page_image(path: Path) -> Path:
+    im = Image.new("RGB", (400, 200), (232, 226, 212))
+    draw = ImageDraw.Draw(im)
+    for y, text in ((18, "first line of ink"), (68, "second line")):
+        draw.text((16, y), text, fill=(30, 30, 30))
+    im.save(path)
+    return path
+
+
+def test_pages_filled_as_transcribe_fills_them(cfg: Config, decoder: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = _page_image(folder / "page.png")
+    xml = folder / "page.xml"
+    xml.write_text(ALTO.replace("elsewhere.png", "page.png"), encoding="utf-8")
+    result = CliRunner().invoke(
+        cli,
+        ["transcribe", MODEL, str(xml), "--out", str(tmp_path / "out"), "--device", "cpu",
+         f"data.cache_dir={tmp_path / 'cache'}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    expected = etree.parse(str(tmp_path / "out" / "page.xml"))
+
+    with Server(app_for(cfg, decoder)) as server:
+        server.wait_ready()
+        # The upload's fileName names another image: the one sent is used.
+        sent = ALTO.encode()
+        body, head = multipart([("image", "scan.png", image.read_bytes()), ("xml", "page.xml", sent)])
+        status, headers, raw = call(server.url + "/v1/pages", body, head)
+    assert status == 200, raw
+    assert headers["content-type"].startswith("application/xml")
+    assert (headers["x-lines-read"], headers["x-lines-skipped"]) == ("2", "1")
+    got = etree.fromstring(raw)
+    strings = {s.get("ID"): (s.get("CONTENT"), s.get("WC")) for s in expected.iter(f"{{{ALTO_NS}}}String")}
+    assert len(strings) == 2
+    for s in got.iter(f"{{{ALTO_NS}}}String"):
+        content, wc = strings.pop(s.get("ID"))
+        assert s.get("CONTENT") == content
+        assert float(s.get("WC")) == pytest.approx(float(wc), abs=2e-4)
+    assert not strings
+    assert [e.get("ID") for e in got.iter() if e.get("ID")] == [
+        e.get("ID") for e in expected.getroot().iter() if e.get("ID")
+    ]
+
+
+def test_metrics_are_prometheus_text(cfg: Config, decoder: Any) -> None:
+    with Server(app_for(cfg, decoder)) as server:
+        server.wait_ready()
+        status, headers, _ = call(server.url + "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        names = set(metric_samples(server.url))
+    assert {
+        "trocr_tune_requests",
+        "trocr_tune_request_seconds",
+        "trocr_tune_lines_decoded",
+        "trocr_tune_batch_size",
+        "trocr_tune_decode_seconds",
+        "trocr_tune_queue_depth",
+        "trocr_tune_model_ready",
+    } <= names
