@@ -373,6 +373,19 @@ def test_limits_and_bad_input_are_json_errors(cfg: Config, decoder: Any, images:
             pages, *multipart([("image", "p.png", images[0].read_bytes()), ("xml", "p.xml", b"<html/>")])
         )
         assert status == 422 and "not ALTO or PAGE" in json.loads(raw)["error"]
+        big_page = multipart([("image", "big.png", big_path.read_bytes()), ("xml", "p.xml", ALTO.encode())])
+        status, _, raw = call(pages, *big_page)
+        assert status == 413 and "pixels" in json.loads(raw)["error"]
+        four = ALTO.replace('HPOS="900" VPOS="900"', 'HPOS="10" VPOS="100"').replace(
+            "</TextBlock>", '<TextLine ID="l4" HPOS="10" VPOS="140" WIDTH="150" HEIGHT="30"/></TextBlock>'
+        )
+        page = Image.new("L", (300, 200), 235)
+        page_path = images[0].parent / "page.png"
+        page.save(page_path)
+        status, _, raw = call(
+            pages, *multipart([("image", "p.png", page_path.read_bytes()), ("xml", "p.xml", four.encode())])
+        )
+        assert status == 413 and "4 lines" in json.loads(raw)["error"]
         assert call(server.url + "/nowhere")[0] == 404
         assert "error" in json.loads(call(server.url + "/nowhere")[2])
 
@@ -452,3 +465,21 @@ def test_metrics_are_prometheus_text(cfg: Config, decoder: Any) -> None:
         "trocr_tune_queue_depth",
         "trocr_tune_model_ready",
     } <= names
+
+
+def test_decoder_failure_is_a_json_500_and_the_worker_goes_on(
+    cfg: Config, decoder: Any, images: list[Path]
+) -> None:
+    calls = []
+
+    def flaky(paths: list[str]) -> Any:
+        calls.append(len(paths))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return decoder(paths)
+
+    with Server(app_for(cfg, flaky, max_wait_ms=0)) as server:
+        server.wait_ready()
+        status, answer = post_lines(server.url, images[:1])
+        assert status == 500 and "out of memory" in answer["error"]
+        assert post_lines(server.url, images[:1])[0] == 200

@@ -219,6 +219,11 @@ def create_app(
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:  # e.g. the decoder raised
+        log.exception("request failed")
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, "; ".join(str(e.get("msg", e)) for e in exc.errors()))
@@ -269,7 +274,7 @@ def create_app(
 
     def store_image(folder: Path, name: str, data: bytes) -> str:
         """Write one upload; its path, or ImageProblem with the reason it cannot be read."""
-        path = folder / f"{len(list(folder.iterdir())):05d}.img"
+        path = folder / f"{uuid.uuid4().hex}.img"
         path.write_bytes(data)
         with open_image(path) as im:
             if im.width * im.height > settings.max_image_pixels:
