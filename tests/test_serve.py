@@ -483,3 +483,21 @@ def test_decoder_failure_is_a_json_500_and_the_worker_goes_on(
         status, answer = post_lines(server.url, images[:1])
         assert status == 500 and "out of memory" in answer["error"]
         assert post_lines(server.url, images[:1])[0] == 200
+
+
+def test_cli_serve_stops_with_one_line_when_the_model_cannot_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trocr_tune.cli import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", str(tmp_path / "missing"), "--port", str(port), "--device", "cpu"])
+    assert stopped.value.code == 2
+    assert "error: model failed to load:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", MODEL, "data.layout=alto"])
+    assert refused.value.code == 2
+    assert "serve reads only eval.*" in capsys.readouterr().err

@@ -7,7 +7,7 @@ metrics.py the Prometheus metrics and app.py the endpoints; `serve` below wires 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..config import Config
@@ -52,17 +52,31 @@ def _require_extra() -> None:
         ) from None
 
 
-def build_app(model: str, cfg: Config, settings: ServeSettings) -> FastAPI:
+def build_app(
+    model: str, cfg: Config, settings: ServeSettings, on_load_error: Callable[[str], None] | None = None
+) -> FastAPI:
     """The app for `model`, which loads in the background once the app starts."""
     _require_extra()
     from .app import create_app
 
-    return create_app(settings, cfg, lambda: model_decoder(model, cfg, settings))
+    return create_app(settings, cfg, lambda: model_decoder(model, cfg, settings), on_load_error)
 
 
 def serve(model: str, cfg: Config, settings: ServeSettings) -> None:
-    """Run the service until interrupted (SIGINT/SIGTERM: queued requests are answered first)."""
-    app = build_app(model, cfg, settings)
+    """Run the service until interrupted (SIGINT/SIGTERM: queued requests are answered first).
+
+    Raises UserError when the model fails to load (the server stops at once)."""
+    _require_extra()
     import uvicorn
 
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    failure: list[str] = []
+
+    def stop(message: str) -> None:
+        failure.append(message)
+        server.should_exit = True
+
+    app = build_app(model, cfg, settings, stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    server.run()
+    if failure:
+        raise UserError(failure[0])

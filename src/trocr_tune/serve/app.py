@@ -172,9 +172,11 @@ def create_app(
     settings: ServeSettings,
     cfg: Config,
     load: Callable[[], Decoder],
+    on_load_error: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The service: `load()` runs once in a background thread and returns the decoder the batching
-    worker calls (see `model_decoder`); tests pass their own."""
+    worker calls (see `model_decoder`); tests pass their own. When it fails, /ready says why and
+    `on_load_error(message)` is called (the CLI stops the server)."""
     state = _State()
     batcher = Batcher(settings.max_batch_size, settings.max_wait_ms / 1000, settings.queue_size)
     metrics = Metrics(batcher.depth, lambda: float(state.ready))
@@ -187,6 +189,8 @@ def create_app(
         except Exception as exc:
             state.error = f"model failed to load: {exc}"
             log.error(state.error)
+            if on_load_error is not None:
+                on_load_error(state.error)
             return
         batcher.start(decoder)
         state.ready = True
