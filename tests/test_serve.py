@@ -54,6 +54,21 @@ ALTO = f"""<?xml version="1.0" encoding="UTF-8"?>
   </PrintSpace></Page></Layout>
 </alto>
 """
+PAGE_NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
+PAGE = f"""<?xml version="1.0" encoding="UTF-8"?>
+<PcGts xmlns="{PAGE_NS}" pcGtsId="d1">
+  <Metadata><Creator>x</Creator><Created>2026-01-01T00:00:00</Created>
+    <LastChange>2026-01-01T00:00:00</LastChange></Metadata>
+  <Page imageFilename="elsewhere.png" imageWidth="400" imageHeight="200">
+    <TextRegion id="r1"><Coords points="0,0 400,0 400,200 0,200"/>
+      <TextLine id="l1"><Coords points="10,10 210,10 210,40 10,40"/>
+        <TextEquiv><Unicode>old</Unicode></TextEquiv></TextLine>
+      <TextLine id="l2"><Coords points="10,60 160,60 160,90 10,90"/></TextLine>
+      <TextLine id="l3"><Coords points="900,900 950,900 950,930 900,930"/></TextLine>
+    </TextRegion>
+  </Page>
+</PcGts>
+"""
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,40 +429,54 @@ def _page_image(path: Path) -> Path:
     return path
 
 
-def test_pages_filled_as_transcribe_fills_them(cfg: Config, decoder: Any, tmp_path: Path) -> None:
+def _readings(root: Any) -> dict[str, tuple[str | None, float]]:
+    """line ID -> (text, confidence) of a filled ALTO or PAGE document."""
+    out = {}
+    for line in root.iter(f"{{{ALTO_NS}}}TextLine"):
+        for s in line.iter(f"{{{ALTO_NS}}}String"):
+            out[line.get("ID")] = (s.get("CONTENT"), float(s.get("WC", "nan")))
+    for line in root.iter(f"{{{PAGE_NS}}}TextLine"):
+        equiv = line.find(f"{{{PAGE_NS}}}TextEquiv")
+        if equiv is not None:
+            out[line.get("id")] = (equiv.findtext(f"{{{PAGE_NS}}}Unicode"), float(equiv.get("conf", "nan")))
+    return out
+
+
+@pytest.mark.parametrize("document", [ALTO, PAGE], ids=["alto", "page"])
+def test_pages_filled_as_transcribe_fills_them(
+    cfg: Config, decoder: Any, tmp_path: Path, document: str
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     image = _page_image(folder / "page.png")
     xml = folder / "page.xml"
-    xml.write_text(ALTO.replace("elsewhere.png", "page.png"), encoding="utf-8")
+    xml.write_text(document.replace("elsewhere.png", "page.png"), encoding="utf-8")
     result = CliRunner().invoke(
         cli,
         ["transcribe", MODEL, str(xml), "--out", str(tmp_path / "out"), "--device", "cpu",
          f"data.cache_dir={tmp_path / 'cache'}"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    expected = etree.parse(str(tmp_path / "out" / "page.xml"))
+    expected = etree.parse(str(tmp_path / "out" / "page.xml")).getroot()
 
     with Server(app_for(cfg, decoder)) as server:
         server.wait_ready()
-        # The upload's fileName names another image: the one sent is used.
-        sent = ALTO.encode()
-        body, head = multipart([("image", "scan.png", image.read_bytes()), ("xml", "page.xml", sent)])
+        # The upload's file name names another image: the one sent is used.
+        body, head = multipart(
+            [("image", "scan.png", image.read_bytes()), ("xml", "page.xml", document.encode())]
+        )
         status, headers, raw = call(server.url + "/v1/pages", body, head)
     assert status == 200, raw
     assert headers["content-type"].startswith("application/xml")
     assert (headers["x-lines-read"], headers["x-lines-skipped"]) == ("2", "1")
     got = etree.fromstring(raw)
-    strings = {s.get("ID"): (s.get("CONTENT"), s.get("WC")) for s in expected.iter(f"{{{ALTO_NS}}}String")}
-    assert len(strings) == 2
-    for s in got.iter(f"{{{ALTO_NS}}}String"):
-        content, wc = strings.pop(s.get("ID"))
-        assert s.get("CONTENT") == content
-        assert float(s.get("WC")) == pytest.approx(float(wc), abs=2e-4)
-    assert not strings
-    assert [e.get("ID") for e in got.iter() if e.get("ID")] == [
-        e.get("ID") for e in expected.getroot().iter() if e.get("ID")
-    ]
+    want = _readings(expected)
+    assert set(want) == {"l1", "l2"}
+    assert {k: v[0] for k, v in _readings(got).items()} == {k: v[0] for k, v in want.items()}
+    for key, (_, confidence) in _readings(got).items():
+        assert confidence == pytest.approx(want[key][1], abs=2e-4)
+    ids = [e.get("ID") or e.get("id") for e in got.iter() if e.get("ID") or e.get("id")]
+    assert ids == [e.get("ID") or e.get("id") for e in expected.iter() if e.get("ID") or e.get("id")]
 
 
 def test_metrics_are_prometheus_text(cfg: Config, decoder: Any) -> None:
