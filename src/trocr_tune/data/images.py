@@ -8,6 +8,7 @@ the same treatment and the same wording everywhere.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,8 +42,13 @@ def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
     as a 100-megapixel "line image" is a mistake, and decoding it costs gigabytes.
     """
     name = os.fspath(path)
-    if os.path.isdir(name):
-        raise ImageProblem(name, NOT_A_FILE)
+    try:  # one stat answers "missing" and "a folder" without Pillow (Kaggle CSVs list 400,000 files)
+        if stat.S_ISDIR(os.stat(name).st_mode):
+            raise ImageProblem(name, NOT_A_FILE)
+    except FileNotFoundError:
+        raise ImageProblem(name, MISSING_IMAGE) from None
+    except OSError:
+        raise ImageProblem(name, UNREADABLE_IMAGE) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def read_kaggle_names(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[Lin
         if not path.is_file():
             log.note(f"{path.name} not found: no {split} samples from the CSVs")
             continue
-        images = _image_dir(root, split)
+        images_dir = str(_image_dir(root, split))
         rows = csv_rows(path, cfg.encoding, log, split=split)
         header = next(rows, None)
         if header is None:
@@ -51,7 +52,7 @@ def read_kaggle_names(cfg: DataConfig, root: Path, log: DropLog) -> Iterator[Lin
                 log.drop(reason, source, split)
                 continue
             yield LineSample(
-                image=str(images / filename),
+                image=os.path.join(images_dir, filename),
                 text=text,
                 split=split,
                 id=f"{split}/{filename}",
