@@ -33,6 +33,17 @@ def split_config_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
+def only_keys(command: str, overrides: Sequence[str], allowed: tuple[str, ...]) -> None:
+    """Refuse KEY=VALUE overrides outside `allowed` (prefixes such as "eval." or whole keys)."""
+    for item in overrides:
+        if not item.split("=", 1)[0].startswith(allowed):
+            prefixes = [a + "*" for a in allowed if a.endswith(".")]
+            keys = [a.removeprefix("data.") for a in allowed if not a.endswith(".")]
+            raise UserError(
+                f"{command} reads only {', '.join(prefixes)} and data.{' / '.join(keys)}; got {item!r}"
+            )
+
+
 def config_from_args(args: Sequence[str]) -> Config:
     return load_config(*split_config_args(args))
 
@@ -735,12 +746,7 @@ def transcribe_command(
 
     overrides = [a for a in inputs if re.match(r"^[A-Za-z_]+\.[A-Za-z_.]+=", a)]
     files = [a for a in inputs if a not in overrides]
-    for item in overrides:
-        if not item.split("=", 1)[0].startswith(TRANSCRIBE_KEYS):
-            raise UserError(
-                "transcribe reads only eval.*, optimize.* and data.line_types / crop_padding / "
-                f"polygon_mask / cache_dir / xml_glob; got {item!r}"
-            )
+    only_keys("transcribe", overrides, TRANSCRIBE_KEYS)
     if not files:
         raise UserError("no XML files or folders given")
     options = {
@@ -859,12 +865,7 @@ def serve_command(
     from .serve import ServeSettings, serve
 
     path, overrides = split_config_args(args)
-    for item in overrides:
-        if not item.split("=", 1)[0].startswith(SERVE_KEYS):
-            raise UserError(
-                "serve reads only eval.*, optimize.* and data.line_types / crop_padding / polygon_mask; "
-                f"got {item!r}"
-            )
+    only_keys("serve", overrides, SERVE_KEYS)
     cfg = load_config(path, overrides)
     settings = ServeSettings(
         host=host,
