@@ -855,9 +855,9 @@ def serve_command(
     MODEL is a checkpoint or an artifact of `trocr-tune optimize`; it is loaded once, in the
     background (GET /ready answers 503 until then). CONFIG and KEY=VALUE set eval.* (decoding, as
     predict), optimize.* and data.line_types / crop_padding / polygon_mask (pages, as transcribe).
-    Endpoints: POST /v1/lines, POST /v1/pages, GET /health, /ready, /metrics, OpenAPI at /docs.
-    Lines of concurrent requests are decoded together (--max-batch-size, --max-wait-ms). See
-    docs/serve.md.
+    Endpoints: POST /v1/lines, POST /v1/pages, GET /health, /ready, /metrics, OpenAPI at /docs,
+    and a web page at / (drop line images or a page with its XML). Lines of concurrent requests
+    are decoded together (--max-batch-size, --max-wait-ms). See docs/serve.md.
     \b
     Example:
       trocr-tune serve RUN/model eval.num_beams=4 --port 8000 --api-key SECRET

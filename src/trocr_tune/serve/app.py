@@ -20,12 +20,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -41,6 +42,11 @@ from .metrics import CONTENT_TYPE, Metrics
 from .settings import ServeSettings
 
 log = logging.getLogger("trocr_tune.serve")
+# The web page loads nothing from elsewhere; it shows the user's own files (blob: URLs).
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self' blob:; frame-ancestors 'none'"
+)
 
 
 class ApiError(Exception):
@@ -351,6 +357,12 @@ def create_app(
         raise ApiError(415, "send multipart/form-data (field images) or application/json")
 
     guarded = [Depends(authorized)]
+    page = (files("trocr_tune") / "resources" / "web" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> HTMLResponse:
+        # The page calls /v1/* with the key typed into it; it holds no data itself.
+        return HTMLResponse(page, headers={"Content-Security-Policy": CSP})
 
     @app.get("/health", summary="The process is alive")
     async def health() -> dict[str, str]:
