@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trocr_tune.cli import cli
 from trocr_tune.config import Config, load_config
+from trocr_tune.predict import Prediction
 from trocr_tune.serve import API_KEY_ENV, ServeSettings, model_decoder
 from trocr_tune.serve.app import create_app
 
@@ -411,3 +412,36 @@ def test_cli_serve_stops_with_one_line_when_the_model_cannot_load(
         main(["serve", MODEL, "data.layout=alto"])
     assert refused.value.code == 2
     assert "serve reads only eval.*" in capsys.readouterr().err
+
+
+def _by_width(paths: list[str]) -> list[Prediction]:
+    """A stand-in model that reads an image as its width: every line's right answer is known."""
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(Prediction(str(im.width), -0.1))
+    return out
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["right", "swapping"])
+def test_load_test_client_tells_right_answers_from_swapped_ones(
+    cfg: Config, tmp_path: Path, swap: bool
+) -> None:
+    from trocr_tune.serve.load_test import client
+
+    lines = [line_image(tmp_path / f"l{i}.png", "x", size=(40 + 7 * i, 20)) for i in range(6)]
+    texts = {p.name: str(40 + 7 * i) for i, p in enumerate(lines)}
+
+    def decode(paths: list[str]) -> list[Prediction]:
+        answers = _by_width(paths)
+        return answers[::-1] if swap else answers  # a batcher that mixed up its lines
+
+    with Server(app_for(cfg, decode, max_wait_ms=5)) as server:
+        server.wait_ready()
+        tally = client(server.url, lines, texts, k=3, deadline=time.monotonic() + 1.0, seed=0)
+    assert tally.sent == tally.answered > 0 and tally.lost == 0
+    assert tally.statuses == {"200": tally.sent} and len(tally.latencies_ms) == tally.sent
+    if swap:  # the middle line of 3 stays in place; the other two are each other's
+        assert (tally.lines_ok, tally.lines_swapped) == (tally.sent, 2 * tally.sent)
+    else:
+        assert (tally.lines_ok, tally.lines_swapped, tally.lines_different) == (3 * tally.sent, 0, 0)

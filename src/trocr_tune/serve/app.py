@@ -256,6 +256,15 @@ def create_app(
         if not state.ready:
             raise ApiError(503, state.error or "the model is loading", {"Retry-After": "1"})
 
+    def refuse_when_full() -> None:
+        """429 before the body is read or stored: under overload, refusals must cost next to nothing."""
+        if batcher.depth() >= batcher.capacity:
+            raise ApiError(
+                429,
+                f"queue full ({batcher.depth()} lines queued, room for {batcher.capacity}); retry later",
+                {"Retry-After": str(settings.retry_after_s)},
+            )
+
     async def decoded(paths: list[str]) -> list[Prediction]:
         try:
             future = batcher.submit(paths)
@@ -391,6 +400,7 @@ def create_app(
     )
     async def lines(request: Request) -> JSONResponse:
         require_ready()
+        refuse_when_full()
         items = await line_items(request)
         if not items:
             raise ApiError(422, "no images in the request")
@@ -424,6 +434,7 @@ def create_app(
     )
     async def pages(request: Request) -> Response:
         require_ready()
+        refuse_when_full()
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "multipart/form-data":
             raise ApiError(415, "send multipart/form-data with the fields image and xml")
