@@ -8,12 +8,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from trocr_tune.serve import load_test
 
 ALTO_NS = "http://www.loc.gov/standards/alto/ns-v4#"
 ALTO = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -98,14 +99,9 @@ def call(
 
 
 def multipart(files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, dict[str, str]]:
-    """A multipart/form-data body of (field, file name, content) parts."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, filename, content in files:
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    """A multipart/form-data body of (field, file name, content) parts, and its headers."""
+    body, kind = load_test.multipart(files)
+    return body, {"Content-Type": kind}
 
 
 def page_image(path: Path) -> Path:

@@ -256,22 +256,21 @@ def create_app(
         if not state.ready:
             raise ApiError(503, state.error or "the model is loading", {"Retry-After": "1"})
 
+    def queue_full(detail: object) -> ApiError:
+        return ApiError(
+            429, f"queue full ({detail}); retry later", {"Retry-After": str(settings.retry_after_s)}
+        )
+
     def refuse_when_full() -> None:
         """429 before the body is read or stored: under overload, refusals must cost next to nothing."""
         if batcher.depth() >= batcher.capacity:
-            raise ApiError(
-                429,
-                f"queue full ({batcher.depth()} lines queued, room for {batcher.capacity}); retry later",
-                {"Retry-After": str(settings.retry_after_s)},
-            )
+            raise queue_full(f"{batcher.depth()} lines queued, room for {batcher.capacity}")
 
     async def decoded(paths: list[str]) -> list[Prediction]:
         try:
             future = batcher.submit(paths)
         except QueueFull as exc:
-            raise ApiError(
-                429, f"queue full ({exc}); retry later", {"Retry-After": str(settings.retry_after_s)}
-            ) from None
+            raise queue_full(exc) from None
         except Closed as exc:
             raise ApiError(503, str(exc)) from None
         return await asyncio.wrap_future(future)
@@ -285,9 +284,7 @@ def create_app(
         try:
             return batcher.submit(paths).result()
         except QueueFull as exc:
-            raise ApiError(
-                429, f"queue full ({exc}); retry later", {"Retry-After": str(settings.retry_after_s)}
-            ) from None
+            raise queue_full(exc) from None
         except Closed as exc:
             raise ApiError(503, str(exc)) from None
 

@@ -31,7 +31,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -82,21 +83,47 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
 
     def add(self, other: Tally) -> None:
-        for name in ("sent", "answered", "lost", "lines_ok", "lines_swapped", "lines_different"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.lines_missing += other.lines_missing
-        self.retry_after_missing += other.retry_after_missing
-        for key, value in other.statuses.items():
-            self.statuses[key] = self.statuses.get(key, 0) + value
-        self.latencies_ms.extend(other.latencies_ms)
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
+            elif isinstance(mine, dict):
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+            else:
+                mine.extend(theirs)
+
+    def summary(self, wall: float, exit_code: int) -> dict[str, Any]:
+        """The phase's figures: lines/s, latency percentiles and every count."""
+        return {
+            "seconds": round(wall, 1),
+            "served_lines_per_s": round(self.lines_ok / wall, 2) if wall else 0.0,
+            "p50_ms": round(_percentile(self.latencies_ms, 50), 1),
+            "p95_ms": round(_percentile(self.latencies_ms, 95), 1),
+            "server_exit_code": exit_code,
+            **{k: v for k, v in asdict(self).items() if k != "latencies_ms"},
+        }
+
+    def failures(self, phase: str) -> list[str]:
+        """Requests without an answer, lines lost or swapped, 429s without Retry-After."""
+        out = []
+        if self.lost or self.sent != self.answered:
+            out.append(f"{phase}: {self.lost} of {self.sent} requests got no answer")
+        if self.lines_swapped or self.lines_missing or self.retry_after_missing:
+            out.append(
+                f"{phase}: {self.lines_swapped} lines swapped, {self.lines_missing} lost, "
+                f"{self.retry_after_missing} 429s without Retry-After"
+            )
+        return out
 
 
-def _multipart(paths: list[Path]) -> tuple[bytes, str]:
+def multipart(files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (field, file name, content) parts, and its Content-Type."""
     boundary = uuid.uuid4().hex
     parts = []
-    for p in paths:
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{p.name}"\r\n'
-        parts.append(head.encode() + b"Content-Type: image/jpeg\r\n\r\n" + p.read_bytes() + b"\r\n")
+    for name, filename, content in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n")
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -106,7 +133,7 @@ def client(url: str, lines: list[Path], texts: dict[str, str], k: int, deadline:
     tally = Tally()
     while time.monotonic() < deadline:
         chosen = rng.sample(lines, k)
-        body, kind = _multipart(chosen)
+        body, kind = multipart([("images", p.name, p.read_bytes()) for p in chosen])
         request = urllib.request.Request(url + "/v1/lines", data=body, headers={"Content-Type": kind})
         tally.sent += 1
         start = time.perf_counter()
@@ -281,20 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         "load": {
             "clients": args.clients,
             "lines_per_request": args.lines_per_request,
-            "seconds": round(wall, 1),
-            "served_lines_per_s": round(served_rate, 2),
             "ratio_to_offline": round(served_rate / offline_rate, 3),
-            "p50_ms": round(_percentile(load.latencies_ms, 50), 1),
-            "p95_ms": round(_percentile(load.latencies_ms, 95), 1),
-            "server_exit_code": code,
-            **{k: v for k, v in asdict(load).items() if k != "latencies_ms"},
+            **load.summary(wall, code),
         },
     }
-    failures = []
-    if load.lost or load.sent != load.answered:
-        failures.append(f"{load.lost} of {load.sent} requests got no answer")
-    if load.lines_swapped or load.lines_missing:
-        failures.append(f"{load.lines_swapped} lines swapped, {load.lines_missing} lost")
+    failures = load.failures("load")
     if served_rate < args.min_ratio * offline_rate:
         failures.append(
             f"served {served_rate:.1f} lines/s < {args.min_ratio:.0%} of offline {offline_rate:.1f}"
@@ -304,25 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         over, over_wall, over_code = phase(
             args, lines, texts, args.overload_clients, args.overload_queue, args.overload_seconds
         )
-        rejected = over.statuses.get("429", 0)
         report["overload"] = {
             "clients": args.overload_clients,
             "queue_lines": args.overload_queue,
-            "seconds": round(over_wall, 1),
-            "share_429": round(rejected / max(1, over.answered), 3),
-            "served_lines_per_s": round(over.lines_ok / over_wall, 2) if over_wall else 0.0,
-            "p50_ms": round(_percentile(over.latencies_ms, 50), 1),
-            "p95_ms": round(_percentile(over.latencies_ms, 95), 1),
-            "server_exit_code": over_code,
-            **{k: v for k, v in asdict(over).items() if k != "latencies_ms"},
+            "share_429": round(over.statuses.get("429", 0) / max(1, over.answered), 3),
+            **over.summary(over_wall, over_code),
         }
-        if over.lost or over.sent != over.answered:
-            failures.append(f"overload: {over.lost} of {over.sent} requests got no answer")
-        if over.lines_swapped or over.lines_missing or over.retry_after_missing:
-            failures.append(
-                f"overload: {over.lines_swapped} swapped, {over.lines_missing} lost, "
-                f"{over.retry_after_missing} 429s without Retry-After"
-            )
+        failures += over.failures("overload")
     report["failures"] = failures
 
     load_r = report["load"]
