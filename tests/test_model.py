@@ -208,3 +208,45 @@ def test_save_and_load_bundle_plain_transformers(tmp_path: Path) -> None:
         b = ours.model.generate(ours.image_processor(images=image, return_tensors="pt").pixel_values)
     assert a.tolist() == b.tolist()
     assert plain.generation_config.max_length == bundle.info.max_new_tokens + 1
+
+
+@pytest.mark.parametrize("kind", ["vit", "conv"])
+def test_grown_encoder_reads_as_before_and_reloads(
+    kind: str, roberta_style_dir: Path, tmp_path: Path
+) -> None:
+    if kind == "vit":
+        source = roberta_style_dir
+    else:
+        source = tmp_path / "conv"
+        special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
+        build_preset_model("conv", 40, 32, 512, 64, special).save_pretrained(source)
+        tokenizer = build_char_tokenizer(["abc"])
+        processor = TrOCRProcessor(image_processor=line_image_processor(32, 512), tokenizer=tokenizer)
+        processor.save_pretrained(source)
+    before = VisionEncoderDecoderModel.from_pretrained(source).eval()
+    layers = before.config.encoder.num_hidden_layers
+    overrides = [f"model.name_or_path={source}", "model.geometry=processor", "model.add_encoder_layers=2"]
+    cfg = load_config(None, overrides)
+    bundle = build_for_training(cfg.model, ["abc"], ["abc"])
+    assert bundle.info.extra["encoder_layers"] == layers + 2
+    size = bundle.info.image_height, bundle.info.image_width
+    pixels = torch.rand(2, 3, *size)
+    ids = torch.tensor([[0, 5, 6], [0, 7, 8]])
+    grown = bundle.model.eval()
+    with torch.inference_mode():
+        expected = before(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.equal(grown(pixel_values=pixels, decoder_input_ids=ids).logits, expected)
+    # The new layers are trainable parameters, not a frozen identity.
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in before.parameters())
+    out = save_bundle(bundle, tmp_path / "grown")
+    plain = VisionEncoderDecoderModel.from_pretrained(out).eval()
+    assert plain.config.encoder.num_hidden_layers == layers + 2
+    with torch.inference_mode():
+        assert torch.equal(plain(pixel_values=pixels, decoder_input_ids=ids).logits, expected)
+
+
+def test_grow_encoder_refuses_what_it_cannot_grow(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"model\.add_encoder_layers"):
+        load_config(None, ["model.preset=tiny", "model.add_encoder_layers=1"])
+    with pytest.raises(UserError, match=">= 0"):
+        load_config(None, ["model.name_or_path=x", "model.add_encoder_layers=-1"])

@@ -129,6 +129,9 @@ class ModelConfig:
     # exactly the data's characters, fail stops with the list (model/alphabet.py).
     # union by default: users want training to go on and keep all the checkpoint reads; new ones are learned.
     new_characters: str = "union"
+    # Transformer layers appended to a model.name_or_path encoder (ViT, DeiT, or the conv/hybrid
+    # presets' DPT) before training; each starts as the identity (model/presets.py grow_encoder).
+    add_encoder_layers: int = 0
 
     def __post_init__(self) -> None:
         _one_of("model.geometry", self.geometry, ("processor", "line", "reference"))
@@ -145,6 +148,12 @@ class ModelConfig:
             raise UserError("model.image_height and model.image_width must be >= 8")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UserError("model.max_new_tokens must be >= 1 (or null)")
+        if self.add_encoder_layers < 0:
+            raise UserError("model.add_encoder_layers must be >= 0")
+        if self.add_encoder_layers and not self.name_or_path:
+            raise UserError(
+                "model.add_encoder_layers grows a pretrained model.name_or_path; a preset sets its own layers"
+            )
 
 
 @dataclass

@@ -26,7 +26,7 @@ from .geometry import (
     stretch_image_processor,
     target_size,
 )
-from .presets import PRESETS, build_preset_model
+from .presets import PRESETS, build_preset_model, grow_encoder
 from .tokenizer import build_char_tokenizer, encode_label
 
 INFO_FILE = "trocr_tune.json"
@@ -237,6 +237,8 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         source = f"preset:{cfg.preset}"
     elif cfg.name_or_path:
         model, processor = _load_pretrained(cfg.name_or_path)
+        if cfg.add_encoder_layers:
+            extra["encoder_layers"] = grow_encoder(model, cfg.add_encoder_layers)
         # Before the token budget: adapting the alphabet can change label lengths in tokens.
         extra["alphabet"] = adapt_alphabet(model, processor, train_texts, cfg.new_characters).as_dict()
         tokenizer = processor.tokenizer

@@ -181,3 +181,54 @@ def _hybrid_encoder(p: Preset, image_height: int, image_width: int, dropout: flo
         attention_probs_dropout_prob=0.0,
         qkv_bias=True,
     )
+
+
+# Encoders made of pre-LayerNorm residual blocks (Transformers names their two residual output
+# projections attention.output.dense + output.dense in DPT, attention.o_proj + mlp.fc2 in ViT/DeiT).
+GROWABLE_ENCODERS = ("dpt", "vit", "deit")
+RESIDUAL_OUTPUTS = ("attention.output.dense", "output.dense", "attention.o_proj", "mlp.fc2")
+
+
+def grow_encoder(model: VisionEncoderDecoderModel, layers: int) -> int:
+    """Append `layers` Transformer layers to the encoder, each starting as the identity.
+
+    Their residual output projections start at zero, so each new pre-LN block adds nothing: the
+    grown model reads exactly as before and training learns to use the new layers (a `conv` base
+    gains context across the line). Returns the encoder's new layer count.
+    """
+    import torch
+
+    config: Any = model.config.encoder
+    old = int(config.num_hidden_layers)
+    if layers < 1:
+        return old
+    if config.model_type not in GROWABLE_ENCODERS:
+        raise UserError(
+            f"model.add_encoder_layers: a {config.model_type} encoder cannot be grown "
+            f"(supported: {', '.join(GROWABLE_ENCODERS)})"
+        )
+    new_config = type(config).from_dict({**config.to_dict(), "num_hidden_layers": old + layers})
+    encoder: Any = type(model.encoder)(new_config)
+    stack = next(
+        (name, mod)
+        for name, mod in encoder.named_modules()
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == old + layers
+    )
+    fresh = tuple(f"{stack[0]}.{i}." for i in range(old, old + layers))
+    missing, unexpected = encoder.load_state_dict(model.encoder.state_dict(), strict=False)
+    if unexpected or any(not key.startswith(fresh) for key in missing):
+        raise UserError(
+            f"model.add_encoder_layers: the {config.model_type} encoder's weights do not carry over"
+        )
+    with torch.no_grad():
+        for block in stack[1][old:]:
+            outputs = [mod for name, mod in block.named_modules() if name in RESIDUAL_OUTPUTS]
+            if len(outputs) != 2:
+                raise UserError(f"model.add_encoder_layers: unknown {config.model_type} layer structure")
+            for proj in outputs:
+                proj.weight.zero_()
+                proj.bias.zero_()
+    encoder.to(dtype=next(model.encoder.parameters()).dtype)
+    model.encoder = encoder
+    model.config.encoder = new_config
+    return old + layers
