@@ -580,18 +580,18 @@ def predict_command(
     MODEL is a checkpoint or an artifact of `trocr-tune optimize`. Inputs may be image files,
     folders (searched recursively) or manifests (.jsonl/.csv/.tsv with an `image` column). The
     confidence is the mean log-probability of the generated tokens (0 = certain).
+
+    \b
+    On several processes or GPUs, launch it with torchrun (or accelerate launch): each process
+    reads its slice and rank 0 writes the merged output, in input order:
+      torchrun --nproc_per_node 4 -m trocr_tune predict MODEL lines/ --out readings.csv
     """
     from .config import EvalConfig
-    from .optimize import load_runner
-    from .predict import collect_images, pick_device, readable_images, transcribe, write_predictions
+    from .distributed import launched
+    from .predict import collect_images, predict_images, write_predictions
     from .predict import shard as take_shard
 
-    images, skipped = readable_images(take_shard(collect_images(inputs, manifest_images), shard))
-    for path, reason in skipped:
-        click.echo(f"skipped {path}: {reason}", err=True)
-    if not images:
-        raise UserError(f"none of the {len(skipped)} images is readable (see the lines above)")
-    bundle, runner = load_runner(model_path, pick_device(device))
+    images = take_shard(collect_images(inputs, manifest_images), shard)
     cfg = EvalConfig(
         batch_size=batch_size,
         num_beams=num_beams,
@@ -600,14 +600,24 @@ def predict_command(
         lm_fusion=lm_fusion,
         rescore_length_bonus=length_bonus,
     )
-    predictions, _ = transcribe(bundle, images, cfg, num_workers=workers, runner=runner)
+    with launched() as ranks:
+        result = predict_images(model_path, images, cfg, device, workers, ranks)
+    if not ranks.main:  # rank 0 reports and writes the merged output
+        if not result.images:
+            raise SystemExit(2)
+        return
+    for path, reason in result.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if not result.images:
+        raise UserError(f"none of the {len(result.skipped)} images is readable (see the lines above)")
+    skipped = len(result.skipped)
     if out:
-        write_predictions(images, predictions, out)
-        click.echo(f"wrote {len(images)} predictions to {out}; {len(skipped)} images skipped", err=True)
+        write_predictions(result.images, result.predictions, out)
+        click.echo(f"wrote {len(result.images)} predictions to {out}; {skipped} images skipped", err=True)
     else:
-        for path, p in zip(images, predictions, strict=True):
+        for path, p in zip(result.images, result.predictions, strict=True):
             click.echo(f"{path}\t{p.text}\t{p.confidence:.4f}")
-        click.echo(f"{len(images)} predictions; {len(skipped)} images skipped", err=True)
+        click.echo(f"{len(result.images)} predictions; {skipped} images skipped", err=True)
 
 
 # Keys `transcribe` reads from KEY=VALUE arguments: decoding, the variant, and how lines are cropped.
@@ -739,9 +749,13 @@ def transcribe_command(
     \b
     Example:
       trocr-tune transcribe RUN/model pages/ --out filled/ data.xml_glob='**/*.alto.xml'
+    On several processes or GPUs (each reads and writes its slice of the pages; the JSONL and
+    the report are merged in input order on rank 0):
+      torchrun --nproc_per_node 4 -m trocr_tune transcribe RUN/model pages/ --out filled/
     """
     import json
 
+    from .distributed import launched
     from .pages import TranscribeOptions, transcribe_pages
 
     overrides = [a for a in inputs if re.match(r"^[A-Za-z_]+\.[A-Za-z_.]+=", a)]
@@ -766,16 +780,19 @@ def transcribe_command(
         f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items() if v is not None
     ]
     cfg = load_config(config_path, [*overrides, *given])
-    report = transcribe_pages(
-        model_path,
-        files,
-        cfg,
-        TranscribeOptions(out, fmt, in_place, workers),
-        device,
-        progress=lambda message: click.echo(message, err=True),
-    )
-    for row in report.summary():
-        click.echo(row)
+    with launched() as ranks:
+        report = transcribe_pages(
+            model_path,
+            files,
+            cfg,
+            TranscribeOptions(out, fmt, in_place, workers),
+            device,
+            progress=lambda message: click.echo(message, err=True),
+            ranks=ranks,
+        )
+    if ranks.main:  # every rank has the merged report; one prints it
+        for row in report.summary():
+            click.echo(row)
 
 
 # Keys `serve` reads from CONFIG and KEY=VALUE arguments: decoding, the variant, and page crops.

@@ -35,6 +35,7 @@ from .data.layouts.xml_pages import (
     type_matches,
 )
 from .data.records import DropLog
+from .distributed import Ranks
 from .errors import UserError
 from .files import atomic_write_bytes
 
@@ -519,17 +520,21 @@ def transcribe_files(
     cfg: Config,
     options: TranscribeOptions,
     progress: Callable[[str], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TranscribeReport:
     """Read every TextLine of the ALTO/PAGE `inputs` with the loaded model and write the results.
 
+    Under torchrun (`ranks`), each process reads and writes its contiguous slice of the documents;
+    every process returns the merged report, and rank 0 writes the JSONL in input order.
     Raises UserError when no line at all could be transcribed.
     """
     from .predict import transcribe
 
+    ranks = ranks or Ranks()
     _check_options(options)
     start = time.perf_counter()
     report = TranscribeReport()
-    planned = _plan(find_xml_files(inputs, cfg.data.xml_glob), options, report)
+    planned = ranks.part(_plan(find_xml_files(inputs, cfg.data.xml_glob), options, report))
     readings: list[LineReading] = []
 
     def flush(batch: list[_Pending]) -> None:
@@ -550,7 +555,7 @@ def transcribe_files(
                 atomic_write_bytes(page.output, page.doc.to_bytes())
             report.outputs.append(page.output)
             if progress:
-                progress(f"{page.rel}: {len(page.lines)} lines -> {page.output}")
+                progress(f"{ranks.tag()}{page.rel}: {len(page.lines)} lines -> {page.output}")
 
     batch: list[_Pending] = []
     for page in _pages(planned, cfg, report):
@@ -560,12 +565,14 @@ def transcribe_files(
             batch = []
     if batch:
         flush(batch)
-    if options.fmt == "jsonl" and options.out is not None:
+    report.seconds = time.perf_counter() - start
+    if ranks.world > 1:
+        report, readings = _merge(ranks.gather((report, readings)))
+    if options.fmt == "jsonl" and options.out is not None and ranks.main:
         path = options.out / JSONL_NAME
         rows = [json.dumps(r.__dict__, ensure_ascii=False) + "\n" for r in readings]
         atomic_write_bytes(path, "".join(rows).encode("utf-8"))
         report.outputs.append(path)
-    report.seconds = time.perf_counter() - start
     if report.lines == 0:
         found = f"{report.files} ALTO/PAGE files" + (
             f", {len(report.ignored)} other XML" if report.ignored else ""
@@ -575,6 +582,24 @@ def transcribe_files(
     return report
 
 
+def _merge(
+    parts: Sequence[tuple[TranscribeReport, list[LineReading]]],
+) -> tuple[TranscribeReport, list[LineReading]]:
+    """The ranks' reports and readings as one, in rank (= input) order."""
+    first = parts[0][0]
+    merged = TranscribeReport(files=first.files, ignored=first.ignored)  # every rank planned all files
+    readings: list[LineReading] = []
+    for report, part in parts:
+        merged.pages += report.pages
+        merged.lines += report.lines
+        merged.untouched += report.untouched
+        merged.log.merge(report.log)
+        merged.outputs += report.outputs
+        merged.seconds = max(merged.seconds, report.seconds)
+        readings += part
+    return merged, readings
+
+
 def transcribe_pages(
     model: str,
     inputs: Sequence[str | Path],
@@ -582,15 +607,17 @@ def transcribe_pages(
     options: TranscribeOptions,
     device: str = "auto",
     progress: Callable[[str], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TranscribeReport:
     """Load `model` (a checkpoint or an `optimize` artifact) and transcribe the ALTO/PAGE `inputs`."""
     from .optimize import load_runner
     from .predict import pick_device
 
+    ranks = ranks or Ranks()
     _check_options(options)
     find_xml_files(inputs, cfg.data.xml_glob)  # a wrong path fails before the model loads
-    bundle, runner = load_runner(model, pick_device(device), cfg.optimize)
-    return transcribe_files(bundle, runner, inputs, cfg, options, progress)
+    bundle, runner = load_runner(model, pick_device(ranks.device(device)), cfg.optimize)
+    return transcribe_files(bundle, runner, inputs, cfg, options, progress, ranks)
 
 
 @dataclass

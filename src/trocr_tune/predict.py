@@ -14,6 +14,7 @@ import torch
 from .config import EvalConfig
 from .data.dataset import LineDataset, collate
 from .data.images import image_problem
+from .distributed import Ranks
 from .errors import UserError
 from .files import atomic_open
 from .model.charlm import CHAR_LM_FILE
@@ -133,6 +134,45 @@ def transcribe(
         if progress:
             progress(len(predictions), len(samples))
     return predictions, time.perf_counter() - start
+
+
+@dataclass
+class PredictResult:
+    """What `predict_images` read: the images in input order with their predictions, and the skips."""
+
+    images: list[str]
+    predictions: list[Prediction]
+    skipped: list[tuple[str, str]]  # (image, reason), in input order
+
+
+def predict_images(
+    model: str | Path,
+    images: Sequence[str],
+    cfg: EvalConfig,
+    device: str = "auto",
+    num_workers: int = 0,
+    ranks: Ranks | None = None,
+) -> PredictResult:
+    """Check and transcribe `images` with `model` (a checkpoint or an `optimize` artifact).
+
+    Unreadable images are skipped, not fatal; the model loads only when there is a line to read.
+    Under torchrun (`ranks` from distributed.launched) each process reads its contiguous slice
+    and every process gets the merged result, in input order.
+    """
+    from .optimize import load_runner
+
+    ranks = ranks or Ranks()
+    good, bad = readable_images(ranks.part(images))
+    predictions: list[Prediction] = []
+    if good:
+        bundle, runner = load_runner(model, pick_device(ranks.device(device)))
+        predictions, _ = transcribe(bundle, good, cfg, num_workers=num_workers, runner=runner)
+    result = PredictResult([], [], [])
+    for part_good, part_predictions, part_bad in ranks.gather((good, predictions, bad)):
+        result.images += part_good
+        result.predictions += part_predictions
+        result.skipped += part_bad
+    return result
 
 
 def readable_images(images: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:

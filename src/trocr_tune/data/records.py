@@ -59,6 +59,19 @@ class DropLog:
             if len(shown) < self.examples_per_reason:
                 shown.append(source)
 
+    def merge(self, other: DropLog) -> None:
+        """Add `other`'s counts, examples and notes (e.g. the logs of several processes, in order)."""
+        self.counts.update(other.counts)
+        for reason, sources in other.examples.items():
+            shown = self.examples.setdefault(reason, [])
+            shown.extend(sources[: max(0, self.examples_per_reason - len(shown))])
+        for split, reasons in other.split_examples.items():
+            for reason, sources in reasons.items():
+                shown = self.split_examples.setdefault(split, {}).setdefault(reason, [])
+                shown.extend(sources[: max(0, self.examples_per_reason - len(shown))])
+        for message in other.notes:
+            self.note(message)
+
     def note(self, message: str) -> None:
         """A remark about the data that is not a dropped sample (e.g. a file skipped)."""
         if message not in self.notes:
