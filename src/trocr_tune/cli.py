@@ -850,6 +850,13 @@ def _serve_help(name: str) -> str:
     type=click.IntRange(min=1),
     help=_serve_help("max_lines_per_request"),
 )
+@click.option(
+    "--body-timeout-s",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help=_serve_help("body_timeout_s"),
+)
 @click.option("--api-key", default=None, help=_serve_help("api_key"))
 @click.option("--device", default="auto", show_default=True, help=_serve_help("device"))
 def serve_command(
@@ -863,6 +870,7 @@ def serve_command(
     max_request_bytes: int,
     max_image_pixels: int,
     max_lines_per_request: int,
+    body_timeout_s: float,
     api_key: str | None,
     device: str,
 ) -> None:
@@ -893,6 +901,7 @@ def serve_command(
         max_request_bytes=max_request_bytes,
         max_image_pixels=max_image_pixels,
         max_lines_per_request=max_lines_per_request,
+        body_timeout_s=body_timeout_s,
         api_key=api_key,
         device=device,
     )

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
@@ -64,10 +65,11 @@ class _State:
 
 
 class _BodyLimit:
-    """413 for a body over the limit: from Content-Length at once, else while it streams in."""
+    """413 for a body over the limit (from Content-Length at once, else while it streams in) and
+    408 for one that does not arrive within the body timeout (a stalled or very slow client)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -79,12 +81,20 @@ class _BodyLimit:
                 scope, receive, send
             )
             return
-        seen = 0
+        seen, complete = 0, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body: waiting for a disconnect is not an upload
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"request body not received within {self.timeout_s:g} s") from None
             seen += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.limit:
                 raise ApiError(413, f"request body is over the limit of {self.limit} bytes")
             return message
@@ -219,6 +229,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.batcher = batcher
+    app.state.workdir = workdir  # each request's uploads live in a folder below it until answered
     app.state.metrics = metrics
 
     @app.exception_handler(ApiError)
@@ -228,6 +239,12 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client left mid-upload: nothing to answer; counted as 499 (nginx's "client closed").
+        log.info("client disconnected before its request body was complete")
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:  # e.g. the decoder raised
@@ -468,6 +485,6 @@ def create_app(
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(_BodyLimit, limit=settings.max_request_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(_Counted, metrics=metrics)  # added last: outermost, so it counts every answer
     return app

@@ -40,6 +40,13 @@ class ServeSettings:
         default=256,
         metadata=_help("Most line images in one /v1/lines request, or lines read in one page (413 beyond)."),
     )
+    body_timeout_s: float = field(
+        default=30.0,
+        metadata=_help(
+            "Seconds a client has to send its whole request body (408 beyond): a stalled upload "
+            "cannot hold its connection and memory."
+        ),
+    )
     retry_after_s: int = field(default=1, metadata=_help("Seconds a 429 answer asks the client to wait."))
     api_key: str | None = field(
         default=None,
@@ -59,6 +66,8 @@ class ServeSettings:
                 raise UserError(
                     f"serve: {name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
+        if self.body_timeout_s <= 0:
+            raise UserError(f"serve: body-timeout-s must be positive, got {self.body_timeout_s}")
         if self.max_wait_ms < 0:
             raise UserError(f"serve: max-wait-ms must be >= 0, got {self.max_wait_ms}")
         if not 0 < self.port < 65536:
