@@ -39,7 +39,7 @@ from .files import atomic_open, atomic_write_text
 from .model.loading import decoding_budget, load_bundle
 from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
 from .optimize.run import artifact_size
-from .predict import Prediction, generation_kwargs, pick_device
+from .predict import Prediction, generation_kwargs, pick_device, readable_images
 
 
 @dataclass
@@ -266,6 +266,12 @@ def benchmark(
     samples = read_dataset(cfg.data).split(cfg.data.split)
     if not samples:
         raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
+    # Images that pass the header check but do not decode (e.g. truncated) are left out, and said so.
+    _, bad = readable_images([s.image for s in samples])
+    left_out = {image: reason for image, reason in bad}
+    samples = [s for s in samples if s.image not in left_out]
+    if not samples:
+        raise UserError(f"no image of split '{cfg.data.split}' decodes (e.g. {bad[0][0]}: {bad[0][1]})")
     bundle = load_bundle(model_path)
     if variant_of(bundle) != BASELINE:
         raise UserError(
@@ -355,6 +361,7 @@ def benchmark(
             "collapse_whitespace": cfg.eval.metric_collapse_whitespace,
         },
         "isolated_processes": isolate,
+        "left_out": left_out,  # image -> why it was not benchmarked
     }
     outcome = BenchmarkResult(rows, len(samples), environment, skipped, {})
     outcome.files = write_outputs(outcome, out)
@@ -449,6 +456,13 @@ def markdown(result: BenchmarkResult) -> str:
         "pruned artifacts fine-tuned by `optimize --finetune`, otherwise the fp32 model's own training).",
     ]
     lines += [f"\nSkipped {label}: {reason}." for label, reason in result.skipped.items()]
+    left_out = env.get("left_out") or {}
+    if left_out:
+        first, why = next(iter(left_out.items()))
+        lines.append(
+            f"\n{len(left_out)} lines of the split left out: their images do not decode "
+            f"(e.g. {first}: {why})."
+        )
     for r in rows:
         c = r["notes"].get("compile")
         if c:

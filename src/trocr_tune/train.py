@@ -342,10 +342,15 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
         cfg.train.augment,
         cfg.train.seed,
         cache=cfg.train.cache_images,
+        skip_unreadable=True,
     )
     if cfg.train.cache_images:
         notes.append(_check_cache_memory(train_set))
-    eval_set = LineDataset(eval_samples, bundle.image_processor, bundle.tokenizer) if eval_samples else None
+    eval_set = (
+        LineDataset(eval_samples, bundle.image_processor, bundle.tokenizer, skip_unreadable=True)
+        if eval_samples
+        else None
+    )
     interrupt = GracefulInterrupt()
     all_callbacks: list[TrainerCallback] = [interrupt, *(callbacks or [])]
     budget = None

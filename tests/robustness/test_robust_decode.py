@@ -136,3 +136,26 @@ def test_row06_predict_on_a_manifest_reports_rows_outside_its_folder(
     assert code == 0, err
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(inside)]
     assert "rows skipped: 1 image path outside the dataset folder" in err and "lines.jsonl:2" in err
+
+
+def test_row09_benchmark_leaves_out_lines_whose_images_do_not_decode(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    from trocr_tune.benchmark import Settings, benchmark
+    from trocr_tune.config import load_config
+
+    root = tmp_path / "data"
+    rows = []
+    for i in range(3):
+        line_image(root / f"{i}.png", "abc", size=(48, 16))
+        rows.append({"image": f"{i}.png", "text": "abc", "split": "test"})
+    truncated_image(root / "cut.png")  # passes the header check the reader makes
+    rows.append({"image": "cut.png", "text": "cut", "split": "test"})
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    cfg = load_config(None, ["data.layout=manifest", f"data.root={root}", "data.split=test"])
+    settings = Settings(batch_size=2, runs=1, latency_lines=1, device="cpu")
+    result = benchmark(str(checkpoint), cfg, [], tmp_path / "bench", settings, isolate=False)
+    assert result.n == 3
+    assert list(result.environment["left_out"]) == [str(root / "cut.png")]
+    md = (tmp_path / "bench" / "benchmark.md").read_text()
+    assert "1 lines of the split left out: their images do not decode" in md and "truncated image file" in md

@@ -253,3 +253,19 @@ def test_row09_truncated_images_are_counted_skips_not_a_crash_mid_epoch(lines: P
     assert result.metrics["dropped"] == {"truncated image file": 1}
     note = f"1 images do not decode and were skipped: 1 truncated image file (e.g. {cut} (with-cut.jsonl:13))"
     assert note in result.metrics["notes"]
+
+
+def test_row09_with_check_images_none_a_bad_image_mid_epoch_is_named_and_skipped(
+    lines: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    rows = [json.loads(x) for x in lines.read_text(encoding="utf-8").splitlines()]
+    cut = truncated_image(lines.parent / "img" / "cut2.png")
+    rows.append({"image": str(cut), "text": "cortado", "split": "train", "id": "cut"})
+    manifest = lines.parent / "with-cut-unchecked.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    overrides = [*args(manifest, tmp_path), "train.max_steps=6", "train.eval_steps=null"]
+    result = train(load_config(None, [*overrides, "data.check_images=none"]))
+    assert result.metrics["train"]["optimizer_steps"] == 6  # 13 lines in batches of 4: every line met
+    assert result.metrics["data"]["train"] == 13  # nothing checked up front
+    err = capfd.readouterr().err
+    assert err.count(f"skipped {cut}: cannot be decoded") == 1

@@ -6,6 +6,7 @@ held for the whole dataset, unless `cache=True` keeps each processed image after
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +14,10 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..model.tokenizer import encode_label
 from .augment import build_policy
-from .images import load_rgb
+from .images import ImageProblem, load_rgb
 from .records import LineSample
 
 # Smallest image side the augmentation policies get: a side of fewer than ~5 px has no grid cells.
@@ -34,6 +36,7 @@ class LineDataset(torch.utils.data.Dataset):
         seed: int = 0,
         with_labels: bool = True,
         cache: bool = False,
+        skip_unreadable: bool = False,
     ) -> None:
         if cache and augment != "none":
             raise ValueError("a cached image would repeat one augmentation every epoch")
@@ -47,6 +50,10 @@ class LineDataset(torch.utils.data.Dataset):
         # Processed images by index, filled on first use (in this process: DataLoader workers
         # would each fill a copy that dies with them).
         self._cache: list[torch.Tensor | None] | None = [None] * len(self.samples) if cache else None
+        # Training: an image that fails to decode mid-epoch (data.check_images=none checked nothing
+        # up front) is named once and the next readable line is used in its place, not a crash.
+        self.skip_unreadable = skip_unreadable
+        self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -78,10 +85,32 @@ class LineDataset(torch.utils.data.Dataset):
         return pixels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"pixel_values": self.pixel_values(index)}
+        if self.skip_unreadable:
+            index, pixels = self._first_readable(index)
+        else:
+            pixels = self.pixel_values(index)
+        item: dict[str, Any] = {"pixel_values": pixels}
         if self.labels is not None:
             item["labels"] = self.labels[index]
         return item
+
+    def _first_readable(self, index: int) -> tuple[int, torch.Tensor]:
+        """Line `index`, or the next one whose image decodes (each unreadable image named once)."""
+        for step in range(len(self.samples)):
+            i = (index + step) % len(self.samples)
+            if i in self.unreadable:
+                continue
+            try:
+                return i, self.pixel_values(i)
+            except ImageProblem as problem:
+                self.unreadable.add(i)
+                print(
+                    f"skipped {problem.path}: cannot be decoded ({problem.reason}); training goes on with "
+                    "the next line in its place (data.check_images=header checks every image up front)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise UserError("no image of the training data can be decoded")
 
     def widths(self, height: int) -> list[int]:
         """Each image's width once scaled to `height` (for bucketing similar lines together)."""
