@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def test_char_tokenizer_labels_and_round_trip(tmp_path: Path) -> None:
 
 def test_presets_build_standard_checkpoints(tmp_path: Path) -> None:
     special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
-    for name in PRESETS:
+    for name in (n for n in PRESETS if PRESETS[n].hub is None):  # the hub sizes: the test below
         model = build_preset_model(name, 50, 32, 512, 64, special)
         encoder = "dpt" if PRESETS[name].stem else "vit"
         assert model.config.encoder.model_type == encoder and model.config.decoder.model_type == "trocr"
@@ -62,6 +63,52 @@ def test_presets_build_standard_checkpoints(tmp_path: Path) -> None:
             a = model.generate(pixel_values=pixels, max_new_tokens=5, do_sample=False)
             b = again.generate(pixel_values=pixels, max_new_tokens=5, do_sample=False)
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("name", "encoder", "sizes", "decoder", "params"),
+    [
+        # config.json of microsoft/trocr-small-handwritten and microsoft/trocr-base-handwritten.
+        # Parameters: the hub's 61.6 M / 334 M less the subword vocabulary's rows (64,044 x 256 in
+        # the embedding and the untied output; 50,265 x 1,024 tied), with 100 characters instead.
+        ("trocr-small", "deit", (12, 384, 6, 1536, True), (6, 256, 8, 1024, "relu", True, False), 28.86e6),
+        (
+            "trocr-base",
+            "vit",
+            (12, 768, 12, 3072, False),
+            (12, 1024, 16, 4096, "gelu", False, True),
+            282.55e6,
+        ),
+    ],
+)
+def test_hub_architecture_presets_match_the_published_configs(
+    name: str, encoder: str, sizes: tuple[Any, ...], decoder: tuple[Any, ...], params: float
+) -> None:
+    special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
+    with torch.device("meta"):  # the sizes only: no memory, no initialisation
+        model = build_preset_model(name, 100, 384, 384, 64, special)
+    enc, dec = model.config.encoder, model.config.decoder
+    assert enc.model_type == encoder and (enc.image_size, enc.patch_size) == ([384, 384], [16, 16])
+    assert (
+        enc.num_hidden_layers,
+        enc.hidden_size,
+        enc.num_attention_heads,
+        enc.intermediate_size,
+        enc.qkv_bias,
+    ) == sizes
+    assert (
+        dec.decoder_layers,
+        dec.d_model,
+        dec.decoder_attention_heads,
+        dec.decoder_ffn_dim,
+        dec.activation_function,
+        dec.scale_embedding,
+        dec.tie_word_embeddings,
+    ) == decoder
+    assert dec.max_position_embeddings == 512 and dec.vocab_size == 100
+    tied = model.decoder.output_projection.weight is model.decoder.model.decoder.embed_tokens.weight
+    assert tied == decoder[-1]
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(params, rel=1e-3)
 
 
 def test_line_geometry_is_a_stock_processor(tmp_path: Path) -> None:

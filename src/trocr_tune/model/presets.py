@@ -38,6 +38,16 @@ class Preset:
     stem: tuple[int, int, int, int] | None = None
     # Pad the stem's max-pool "SAME" (a 16-px-high input keeps 4 rows after it, not 3).
     same_pool: bool = False
+    # The hub TrOCR architectures: the encoder family, and the decoder settings their
+    # config.json files publish where they differ from ours.
+    encoder_model: str = "vit"  # vit or deit
+    qkv_bias: bool = True
+    decoder_ffn: int | None = None  # None: 4 x decoder_hidden
+    activation: str = "gelu"
+    scale_embedding: bool = False
+    tie_embeddings: bool = True
+    max_positions: int | None = None  # None: what the data needs (a power of two >= 64)
+    hub: str | None = None  # the hub checkpoint with this architecture
 
 
 PRESETS: dict[str, Preset] = {
@@ -75,6 +85,44 @@ PRESETS: dict[str, Preset] = {
     "base": Preset(
         12, 384, 6, 6, 384, 6, 16, 16, "12+6 layers x 384, 16x16 patches: GPU from-scratch training"
     ),
+    # The two hub TrOCR architectures, from scratch (GPU training; speed work on CPU). The
+    # vocabulary is the data's characters, not the hub's 64,044 / 50,265 subword tokens: to start
+    # from the hub's weights and tokenizer, name the checkpoint in model.name_or_path instead.
+    "trocr-small": Preset(
+        12,
+        384,
+        6,
+        6,
+        256,
+        8,
+        16,
+        16,
+        "microsoft/trocr-small-*: DeiT-small encoder (12 x 384, 16x16 patches) + 6 x 256 decoder "
+        "(FFN 1024, ReLU, scaled embeddings, untied output); hub input 384x384",
+        encoder_model="deit",
+        decoder_ffn=1024,
+        activation="relu",
+        scale_embedding=True,
+        tie_embeddings=False,
+        max_positions=512,
+        hub="microsoft/trocr-small-handwritten",
+    ),
+    "trocr-base": Preset(
+        12,
+        768,
+        12,
+        12,
+        1024,
+        16,
+        16,
+        16,
+        "microsoft/trocr-base-*: ViT-base encoder (12 x 768, 16x16 patches, no qkv bias) + 12 x 1024 "
+        "decoder (FFN 4096, GELU); hub input 384x384",
+        qkv_bias=False,
+        decoder_ffn=4096,
+        max_positions=512,
+        hub="microsoft/trocr-base-handwritten",
+    ),
 }
 
 
@@ -88,7 +136,13 @@ def build_preset_model(
     dropout: float = 0.1,
 ) -> VisionEncoderDecoderModel:
     """A randomly initialised model of preset `name` for `image_height x image_width` lines."""
-    from transformers import TrOCRConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+    from transformers import (
+        DeiTConfig,
+        TrOCRConfig,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
 
     if name not in PRESETS:
         raise UserError(f"model.preset={name!r} is not one of: {', '.join(PRESETS)}")
@@ -110,7 +164,7 @@ def build_preset_model(
             )
         encoder = _hybrid_encoder(p, image_height, image_width, dropout)
     else:
-        encoder = ViTConfig(
+        encoder = (DeiTConfig if p.encoder_model == "deit" else ViTConfig)(
             hidden_size=p.encoder_hidden,
             num_hidden_layers=p.encoder_layers,
             num_attention_heads=p.encoder_heads,
@@ -120,20 +174,25 @@ def build_preset_model(
             num_channels=3,
             hidden_dropout_prob=dropout,
             attention_probs_dropout_prob=0.0,
-            qkv_bias=True,
+            qkv_bias=p.qkv_bias,
         )
+    if p.max_positions is not None:
+        max_positions = max(max_positions, p.max_positions)
     decoder = TrOCRConfig(
         vocab_size=vocab_size,
         d_model=p.decoder_hidden,
         decoder_layers=p.decoder_layers,
         decoder_attention_heads=p.decoder_heads,
-        decoder_ffn_dim=4 * p.decoder_hidden,
+        decoder_ffn_dim=p.decoder_ffn or 4 * p.decoder_hidden,
         max_position_embeddings=max_positions,
         dropout=dropout,
-        activation_function="gelu",
+        activation_function=p.activation,
         use_learned_position_embeddings=True,
         layernorm_embedding=True,
-        scale_embedding=False,
+        scale_embedding=p.scale_embedding,
+        tie_word_embeddings=p.tie_embeddings,
+        # The hub models' cross-attention reads the encoder's width directly (no enc_to_dec_proj).
+        cross_attention_hidden_size=p.encoder_hidden if p.hub else None,
         is_decoder=True,  # from_encoder_decoder_configs also turns cross-attention on
         pad_token_id=special_ids["pad"],
         bos_token_id=special_ids["bos"],
