@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from trocr_tune.config import EvalConfig, load_config
+from trocr_tune.decoding.charlm import CHAR_LM_FILE, CharNgramLM
 from trocr_tune.errors import UserError
-from trocr_tune.model.charlm import CHAR_LM_FILE, CharNgramLM
 
 from conftest import run_cli
 
@@ -94,9 +94,9 @@ def test_lm_rescoring_picks_the_best_joint_score(tiny_run: Path) -> None:
     """eval.lm_weight alone (no CTC): decoder + W x LM + bonus x length, over all the beams."""
     from trocr_tune.data.dataset import LineDataset, collate
     from trocr_tune.data.reader import read_dataset
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.runners import TorchRunner, decoder_log_likelihood
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.optimize.runners import TorchRunner, decoder_log_likelihood
-    from trocr_tune.predict import generation_kwargs
 
     bundle = load_bundle(tiny_run / "model")
     assert bundle.char_lm is not None
@@ -104,10 +104,10 @@ def test_lm_rescoring_picks_the_best_joint_score(tiny_run: Path) -> None:
     samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:6]
     pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(6)])["pixel_values"]
     cfg = EvalConfig(num_beams=4, lm_weight=2.0, rescore_length_bonus=0.5)
-    kwargs = generation_kwargs(bundle, cfg)
-    plain = generation_kwargs(bundle, EvalConfig(num_beams=4))
+    kwargs = DecodeSettings.from_eval(bundle, cfg)
+    plain = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=4))
     with torch.inference_mode():
-        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain)
+        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain.generate_kwargs())
         texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
         rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         states = model.encoder(pixel_values=pixels).last_hidden_state
@@ -120,7 +120,7 @@ def test_lm_rescoring_picks_the_best_joint_score(tiny_run: Path) -> None:
         assert pred.text in group
         assert joint[i, group.index(pred.text)] >= joint[i].max() - 1e-3
     with pytest.raises(UserError, match=r"lm_fusion need a character language model"):
-        generation_kwargs(replace(bundle, char_lm=None), cfg)
+        DecodeSettings.from_eval(replace(bundle, char_lm=None), cfg)
     with pytest.raises(UserError, match=r"eval\.lm_weight and eval\.lm_fusion must be >= 0"):
         EvalConfig(num_beams=4, lm_weight=-1.0)
 
@@ -145,7 +145,7 @@ def test_lm_command_and_predict_with_the_lm(tiny_run: Path, words: Path, tmp_pat
 
 
 def test_next_log_probs_match_one_character_at_a_time() -> None:
-    from trocr_tune.model.charlm import END
+    from trocr_tune.decoding.charlm import END
 
     symbols = [*sorted({c for t in TEXTS for c in t}), END, "ß"]
     for order in (1, 2, 4):
@@ -173,20 +173,20 @@ def test_lm_fusion_is_greedy_search_on_decoder_plus_weighted_lm(tiny_run: Path) 
     and the confidences stay the decoder's own."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    from trocr_tune.model.charlm import END
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.charlm import END
+    from trocr_tune.decoding.runners import CharLMFusion, TorchRunner, decoder_log_likelihood
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.optimize.runners import CharLMFusion, TorchRunner, decoder_log_likelihood
-    from trocr_tune.predict import generation_kwargs
 
     bundle = load_bundle(tiny_run / "model")
     model, tok, lm = bundle.model.eval(), bundle.tokenizer, bundle.char_lm
     assert lm is not None
     pixels = _pixels(tiny_run, bundle, 5)
     weight = 3.0  # large, so the language model visibly changes the tiny model's readings
-    kwargs = generation_kwargs(bundle, EvalConfig(lm_fusion=weight))
+    kwargs = DecodeSettings.from_eval(bundle, EvalConfig(lm_fusion=weight))
     fused = TorchRunner(model, tok, torch.device("cpu")).generate_batch(pixels, kwargs)
     plain = TorchRunner(model, tok, torch.device("cpu")).generate_batch(
-        pixels, generation_kwargs(bundle, EvalConfig())
+        pixels, DecodeSettings.from_eval(bundle, EvalConfig())
     )
     assert [p.text for p in fused] != [p.text for p in plain]
 
@@ -196,7 +196,7 @@ def test_lm_fusion_is_greedy_search_on_decoder_plus_weighted_lm(tiny_run: Path) 
         states = model.encoder(pixel_values=pixels).last_hidden_state
         for i, prediction in enumerate(fused):
             ids, text = [start], ""
-            for _ in range(kwargs["max_length"] - 1):
+            for _ in range(kwargs.max_new_tokens):
                 logits = model(
                     encoder_outputs=BaseModelOutput(last_hidden_state=states[i : i + 1]),
                     decoder_input_ids=torch.tensor([ids]),
@@ -220,17 +220,17 @@ def test_lm_fusion_is_greedy_search_on_decoder_plus_weighted_lm(tiny_run: Path) 
 
 
 def test_lm_fusion_with_beams_and_rescoring_returns_one_of_its_beams(tiny_run: Path) -> None:
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.runners import TorchRunner
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.optimize.runners import TorchRunner
-    from trocr_tune.predict import generation_kwargs
 
     bundle = load_bundle(tiny_run / "model")
     pixels = _pixels(tiny_run, bundle, 4)
     runner = TorchRunner(bundle.model.eval(), bundle.tokenizer, torch.device("cpu"))
 
     cfg = EvalConfig(num_beams=3, lm_weight=0.5, lm_fusion=0.5, rescore_length_bonus=1.0)
-    first = runner.generate_batch(pixels, generation_kwargs(bundle, cfg))
-    again = runner.generate_batch(pixels, generation_kwargs(bundle, cfg))  # from the table cache
+    first = runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, cfg))
+    again = runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, cfg))  # from the table cache
     assert [p.text for p in first] == [p.text for p in again]
     assert runner._fusion is not None and len(runner._fusion.cache) > 0
     assert all(p.confidence <= 0 for p in first)

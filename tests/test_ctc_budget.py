@@ -165,10 +165,10 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
     from trocr_tune.config import EvalConfig
     from trocr_tune.data.dataset import LineDataset, collate
     from trocr_tune.data.reader import read_dataset
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.runners import TorchRunner
     from trocr_tune.model.ctc import ctc_log_likelihood
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.optimize.runners import TorchRunner
-    from trocr_tune.predict import generation_kwargs
 
     bundle = load_bundle(str(tiny_run / "model"))
     model, tok = bundle.model.eval(), bundle.tokenizer
@@ -176,12 +176,18 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
     samples = read_dataset(cfg.data).split("train")[:6]
     pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(6)])["pixel_values"]
     runner = TorchRunner(model, tok, torch.device("cpu"))
-    plain = generation_kwargs(bundle, EvalConfig(num_beams=4))
-    assert "ctc_rescore" not in plain and "ctc_rescore" not in generation_kwargs(
-        bundle, EvalConfig(ctc_rescore=0.5)
-    )
+    plain = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=4))
+    # Rescoring is a beam-search step: off without beams, and never an argument of generate.
+    assert not plain.rescores and not DecodeSettings.from_eval(bundle, EvalConfig(ctc_rescore=0.5)).rescores
+    assert set(plain.generate_kwargs()) == {
+        "max_length",
+        "num_beams",
+        "do_sample",
+        "length_penalty",
+        "early_stopping",
+    }
     with torch.inference_mode():
-        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain)
+        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain.generate_kwargs())
         states = model.encoder(pixel_values=pixels).last_hidden_state
     texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
     rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -191,7 +197,7 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
     )
     # Weight 1: the CTC reading decides among the 4 beams (never a text outside them).
     chosen = runner.generate_batch(
-        pixels, generation_kwargs(bundle, EvalConfig(num_beams=4, ctc_rescore=1.0))
+        pixels, DecodeSettings.from_eval(bundle, EvalConfig(num_beams=4, ctc_rescore=1.0))
     )
     for i, pred in enumerate(chosen):
         group = texts[4 * i : 4 * i + 4]
@@ -205,7 +211,7 @@ def test_ctc_rescoring_picks_among_the_beams(tiny_run: Path) -> None:
 
 
 def test_views_keep_the_shape_and_change_the_ink_as_named() -> None:
-    from trocr_tune.model.views import VIEWS, paper
+    from trocr_tune.decoding.views import VIEWS, paper
 
     pixels = torch.full((2, 3, 16, 64), 0.8)
     pixels[:, :, 6:10, 10:54] = -1.0  # one dark bar on light paper
@@ -234,22 +240,22 @@ def test_decoder_log_likelihood_equals_the_beam_scores(tiny_run: Path) -> None:
     from trocr_tune.config import EvalConfig
     from trocr_tune.data.dataset import LineDataset, collate
     from trocr_tune.data.reader import read_dataset
+    from trocr_tune.decoding import DecodeSettings, sequence_end
+    from trocr_tune.decoding.runners import decoder_log_likelihood
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.optimize.runners import decoder_log_likelihood
-    from trocr_tune.predict import generation_kwargs, sequence_end
 
     bundle = load_bundle(str(tiny_run / "model"))
     model, tok = bundle.model.eval(), bundle.tokenizer
     samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:5]
     pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(5)])["pixel_values"]
-    kwargs = generation_kwargs(bundle, EvalConfig(num_beams=3))
+    kwargs = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=3))
     with torch.inference_mode():
         out = model.generate(
             pixel_values=pixels,
             num_return_sequences=3,
             output_scores=True,
             return_dict_in_generate=True,
-            **kwargs,
+            **kwargs.generate_kwargs(),
         )
         scores = model.compute_transition_scores(
             out.sequences, out.scores, out.beam_indices, normalize_logits=True
@@ -270,22 +276,22 @@ def test_rescoring_with_views_and_length_bonus_picks_the_best_joint_score(tiny_r
     from trocr_tune.config import EvalConfig
     from trocr_tune.data.dataset import LineDataset, collate
     from trocr_tune.data.reader import read_dataset
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.runners import TorchRunner, decoder_log_likelihood
+    from trocr_tune.decoding.views import VIEWS
     from trocr_tune.model.ctc import ctc_log_likelihood
     from trocr_tune.model.loading import load_bundle
-    from trocr_tune.model.views import VIEWS
-    from trocr_tune.optimize.runners import TorchRunner, decoder_log_likelihood
-    from trocr_tune.predict import generation_kwargs
 
     bundle = load_bundle(str(tiny_run / "model"))
     model, tok = bundle.model.eval(), bundle.tokenizer
     samples = read_dataset(load_config(tiny_run / "config.yaml", []).data).split("train")[:6]
     pixels = collate([LineDataset(samples, bundle.image_processor, tok)[i] for i in range(6)])["pixel_values"]
     cfg = EvalConfig(num_beams=4, ctc_rescore=0.5, rescore_length_bonus=2.0, rescore_views=["blur", "pad-x"])
-    kwargs = generation_kwargs(bundle, cfg)
-    assert kwargs["rescore_views"] == ("blur", "pad-x") and kwargs["rescore_length_bonus"] == 2.0
-    plain = generation_kwargs(bundle, EvalConfig(num_beams=4))
+    kwargs = DecodeSettings.from_eval(bundle, cfg)
+    assert kwargs.rescoring.views == ("blur", "pad-x") and kwargs.rescoring.length_bonus == 2.0
+    plain = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=4))
     with torch.inference_mode():
-        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain)
+        beams = model.generate(pixel_values=pixels, num_return_sequences=4, **plain.generate_kwargs())
         texts = [t.strip() for t in tok.batch_decode(beams, skip_special_tokens=True)]
         rows = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
         eos, pad = tok.eos_token_id, tok.pad_token_id
@@ -305,7 +311,7 @@ def test_rescoring_with_views_and_length_bonus_picks_the_best_joint_score(tiny_r
     # The margin gate: views only where the two best beams are that close. A huge margin views
     # every image; a vanishing one none, which is the bonus-only rescoring.
     def texts_with(**changes: object) -> list[str]:
-        gated = generation_kwargs(bundle, EvalConfig(**{**cfg.__dict__, **changes}))
+        gated = DecodeSettings.from_eval(bundle, EvalConfig(**{**cfg.__dict__, **changes}))
         return [p.text for p in runner.generate_batch(pixels, gated)]
 
     assert texts_with(rescore_views_margin=1e9) == [p.text for p in chosen]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from PIL import Image
 from transformers import VisionEncoderDecoderModel
 
 from trocr_tune.config import OptimizeConfig, load_config
+from trocr_tune.decoding import DecodeSettings, transcribe
+from trocr_tune.decoding.runners import TorchRunner
 from trocr_tune.errors import UserError
 from trocr_tune.metrics import compute_metrics
 from trocr_tune.model.loading import load_bundle
@@ -18,9 +21,7 @@ from trocr_tune.optimize import VARIANTS, load_runner
 from trocr_tune.optimize.compile import compile_for_generate
 from trocr_tune.optimize.prune import prunable_linears, prune_l1, sparsity
 from trocr_tune.optimize.run import generate_flops, optimize_model, parameter_count
-from trocr_tune.optimize.runners import TorchRunner
 from trocr_tune.optimize.structured import prune_structured
-from trocr_tune.predict import transcribe
 from trocr_tune.runtime import cpu_has_native_bf16
 
 from conftest import run_cli
@@ -86,13 +87,13 @@ def test_onnx_greedy_equals_pytorch_greedy(bundle, images, baseline) -> None:
     pixels = bundle.image_processor(
         images=[Image.open(p).convert("RGB") for p in images[:3]], return_tensors="pt"
     )["pixel_values"]
-    kwargs = {"max_length": bundle.info.max_new_tokens + 1, "num_beams": 1, "do_sample": False}
-    ours, theirs = runner.generate_batch(pixels, kwargs), torch_runner.generate_batch(pixels, kwargs)
+    greedy = DecodeSettings(max_new_tokens=bundle.info.max_new_tokens)
+    ours, theirs = runner.generate_batch(pixels, greedy), torch_runner.generate_batch(pixels, greedy)
     for a, b in zip(ours, theirs, strict=True):
         assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-4)
     # Its own greedy loop has no logits processors: a fused language model is refused, not ignored.
     with pytest.raises(UserError, match="lm_fusion"):
-        runner.generate_batch(pixels, {**kwargs, "lm_fusion": (0.5, bundle.char_lm)})
+        runner.generate_batch(pixels, replace(greedy, fusion_weight=0.5, fusion_lm=bundle.char_lm))
 
 
 def test_onnx_int8_within_tolerance(bundle, images, baseline) -> None:

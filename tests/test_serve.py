@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trocr_tune.cli import cli
 from trocr_tune.config import Config, load_config
-from trocr_tune.predict import Prediction
+from trocr_tune.decoding import Prediction
 from trocr_tune.serve import API_KEY_ENV, ServeSettings, model_decoder
 from trocr_tune.serve.app import create_app
 

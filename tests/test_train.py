@@ -18,10 +18,10 @@ from transformers import TrainerCallback, TrOCRProcessor, VisionEncoderDecoderMo
 from trocr_tune.config import load_config
 from trocr_tune.data.dataset import LineDataset, collate
 from trocr_tune.data.reader import read_dataset
+from trocr_tune.decoding import transcribe
 from trocr_tune.errors import UserError
 from trocr_tune.evaluate import evaluate_bundle
 from trocr_tune.model.loading import load_bundle
-from trocr_tune.predict import transcribe
 from trocr_tune.train import train
 
 from builders import build_roberta_style_checkpoint, word_manifest

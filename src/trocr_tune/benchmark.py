@@ -33,13 +33,14 @@ import torch
 from .config import Config, EvalConfig, OptimizeConfig, save_config
 from .data.dataset import LineDataset, collate
 from .data.reader import read_dataset
+from .decoding import DecodeSettings, Prediction, pick_device
 from .errors import UserError
 from .evaluate import score_predictions
 from .files import atomic_open, atomic_write_text
 from .model.loading import decoding_budget, load_bundle
 from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
 from .optimize.run import artifact_size
-from .predict import Prediction, generation_kwargs, pick_device, readable_images
+from .predict import readable_images
 
 
 @dataclass
@@ -174,7 +175,7 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
         bundle = load_bundle(job["model"])
         runner = get_variant(spec.name).apply(bundle, ocfg, device)
     pixels = torch.load(job["pixels"], weights_only=True)
-    kwargs = generation_kwargs(bundle, EvalConfig(**job["eval"]), job["budget"])
+    decode = DecodeSettings.from_eval(bundle, EvalConfig(**job["eval"]), job["budget"])
     batches = list(torch.split(pixels, settings.batch_size))
     # Warm up on every distinct batch shape the timed runs will see (a smaller last batch would
     # otherwise make a compiled variant recompile inside the first timed run).
@@ -182,19 +183,19 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     for _ in range(settings.warmup):
         for batch in shapes:
-            runner.generate_batch(batch, kwargs)
+            runner.generate_batch(batch, decode)
     warmup = time.perf_counter() - start
     times, predictions = [], []
     for _ in range(settings.runs):
         start = time.perf_counter()
-        predictions = [p for batch in batches for p in runner.generate_batch(batch, kwargs)]
+        predictions = [p for batch in batches for p in runner.generate_batch(batch, decode)]
         times.append(time.perf_counter() - start)
     lines = pixels[: settings.latency_lines]
-    runner.generate_batch(lines[:1], kwargs)  # batch-1 shapes warm too
+    runner.generate_batch(lines[:1], decode)  # batch-1 shapes warm too
     latency = []
     for i in range(len(lines)):
         start = time.perf_counter()
-        runner.generate_batch(lines[i : i + 1], kwargs)
+        runner.generate_batch(lines[i : i + 1], decode)
         latency.append((time.perf_counter() - start) * 1000)
     stats = getattr(runner, "compile_stats", None)
     return {

@@ -495,9 +495,9 @@ def evaluate_command(
     character tokenizers). CONFIG_HELP
     """
     from .data.reader import read_dataset
+    from .decoding import pick_device
     from .evaluate import evaluate_bundle, print_report, write_report
     from .optimize import load_runner
-    from .predict import pick_device
 
     cfg = config_from_args(args)
     result = read_dataset(cfg.data)
@@ -922,7 +922,7 @@ def lm_command(model_path: Path, args: tuple[str, ...], order: int) -> None:
     text to the beam's score. CONFIG_HELP
     """
     from .data.reader import read_dataset
-    from .model.charlm import CHAR_LM_FILE, CharNgramLM
+    from .decoding.charlm import CHAR_LM_FILE, CharNgramLM
 
     cfg = config_from_args(args)
     texts = [s.text for s in read_dataset(cfg.data).split("train")]

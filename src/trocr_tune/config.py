@@ -205,7 +205,7 @@ class TrainConfig:
     # learning rate reaches 0 when the budget ends); train.max_steps still caps the steps.
     max_minutes: float | None = None
     # Save a character n-gram model of this order of the training split's transcripts beside the
-    # checkpoint (char_lm.json, model/charlm.py) for eval.lm_weight; 0 = none. A few hundred KB.
+    # checkpoint (char_lm.json, decoding/charlm.py) for eval.lm_weight; 0 = none. A few hundred KB.
     char_lm_order: int = 5
 
     def __post_init__(self) -> None:
@@ -272,7 +272,7 @@ class EvalConfig:
     # one; a bonus of ~1 per token evens that out (demo model: docs/decoding.md).
     rescore_length_bonus: float = 0.0
     # With ctc_rescore or lm_weight: average each hypothesis's optical score (decoder, and CTC with
-    # ctc_rescore) over the image and these test-time views of it (model/views.py: pad-x, pad-y,
+    # ctc_rescore) over the image and these test-time views of it (decoding/views.py: pad-x, pad-y,
     # thicker, thinner, blur), one encoder pass and one teacher-forced decoder pass per view.
     rescore_views: list[str] = field(default_factory=list)
     # ... only for the images whose two best beams are within this many log-likelihood units of
@@ -301,7 +301,7 @@ class EvalConfig:
         ):
             raise UserError("eval.rescore_views_margin must be > 0 and needs eval.rescore_views")
         if self.rescore_views:
-            from .model.views import VIEWS
+            from .decoding.views import VIEWS
 
             for name in self.rescore_views:
                 _one_of("eval.rescore_views", name, tuple(VIEWS))

@@ -14,12 +14,13 @@ from rapidfuzz.distance import Levenshtein
 
 from .config import Config, EvalConfig, save_config
 from .data.records import DropLog, LineSample
+from .decoding import Prediction, pick_device, transcribe
 from .errors import UserError
 from .files import atomic_open, atomic_write_text
 from .metrics import MetricNormalizer, Metrics, compute_metrics, score_sample
 from .model.loading import ModelBundle, decoding_budget
 from .model.tokenizer import check_coverage
-from .predict import Prediction, pick_device, readable_images, transcribe
+from .predict import readable_images
 
 EMPTY = "∅"
 

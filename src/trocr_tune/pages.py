@@ -2,7 +2,7 @@
 
 Lines are found and cropped exactly as the `alto` and `page` training layouts do (their parsers,
 data.line_types, data.crop_padding, data.polygon_mask and the same crop cache), decoded in
-batches by predict.transcribe, and written back into the parsed document. Only text and its
+batches by decoding.transcribe, and written back into the parsed document. Only text and its
 confidence change; lxml keeps namespaces, prefixes, attribute order, comments and the XML
 declaration. docs/transcribe.md lists what is kept and what is replaced.
 """
@@ -40,7 +40,7 @@ from .errors import UserError
 from .files import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from .predict import Prediction
+    from .decoding import Prediction
 
 FORMATS = ("alto", "page", "txt", "jsonl")
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
@@ -528,7 +528,7 @@ def transcribe_files(
     every process returns the merged report, and rank 0 writes the JSONL in input order.
     Raises UserError when no line at all could be transcribed.
     """
-    from .predict import transcribe
+    from .decoding import transcribe
 
     ranks = ranks or Ranks()
     _check_options(options)
@@ -610,8 +610,8 @@ def transcribe_pages(
     ranks: Ranks | None = None,
 ) -> TranscribeReport:
     """Load `model` (a checkpoint or an `optimize` artifact) and transcribe the ALTO/PAGE `inputs`."""
+    from .decoding import pick_device
     from .optimize import load_runner
-    from .predict import pick_device
 
     ranks = ranks or Ranks()
     _check_options(options)

@@ -1,139 +1,23 @@
-"""Batched transcription with a confidence per line (mean token log-probability)."""
+"""`predict`'s file side: which images to read, which are readable, where the readings go.
+
+The decoding itself is `decoding.transcribe`.
+"""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from .config import EvalConfig
-from .data.dataset import LineDataset, collate
 from .data.images import image_problem
+from .decoding import Prediction, pick_device, transcribe
 from .distributed import Ranks
 from .errors import UserError
 from .files import atomic_open
-from .model.charlm import CHAR_LM_FILE
-from .model.loading import ModelBundle
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    text: str
-    confidence: float  # mean log-probability of the generated tokens (eos included), <= 0
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1 ...)") from None
-
-
-def generation_kwargs(
-    bundle: ModelBundle, cfg: EvalConfig, max_new_tokens: int | None = None
-) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        # decoder start token + the new tokens (see model.loading.set_generation_budget)
-        "max_length": 1 + (max_new_tokens or bundle.info.max_new_tokens),
-        "num_beams": cfg.num_beams,
-        "do_sample": False,
-    }
-    uses_lm = (cfg.lm_weight > 0 and cfg.num_beams > 1) or cfg.lm_fusion > 0
-    if uses_lm and bundle.char_lm is None:
-        raise UserError(
-            "eval.lm_weight and eval.lm_fusion need a character language model beside the checkpoint "
-            f"({CHAR_LM_FILE}): train with train.char_lm_order > 0, or build one with `trocr-tune lm`"
-        )
-    if cfg.lm_fusion > 0:  # read by the runner (a logits processor), not by generate
-        kwargs["lm_fusion"] = (cfg.lm_fusion, bundle.char_lm)
-    if cfg.num_beams > 1:
-        kwargs["length_penalty"] = cfg.length_penalty
-        kwargs["early_stopping"] = True
-        if cfg.lm_weight > 0:
-            kwargs["rescore_lm"] = (cfg.lm_weight, bundle.char_lm)
-        if cfg.ctc_rescore > 0 or cfg.lm_weight > 0:  # read by the runner, not by generate
-            kwargs["ctc_rescore"] = cfg.ctc_rescore
-            if cfg.rescore_length_bonus:
-                kwargs["rescore_length_bonus"] = cfg.rescore_length_bonus
-            if cfg.rescore_views:
-                kwargs["rescore_views"] = tuple(cfg.rescore_views)
-                if cfg.rescore_views_margin is not None:
-                    kwargs["rescore_views_margin"] = cfg.rescore_views_margin
-    if cfg.no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size
-    return kwargs
-
-
-def sequence_end(ids: Sequence[int], eos: int, pad: int) -> tuple[int, int]:
-    """(text tokens, scored tokens) of generated ids: both stop at the first eos or pad, and the
-    scored ones include that eos (generate pads a finished sequence; the padding is not its own)."""
-    for i, token in enumerate(ids):
-        if token in (eos, pad):
-            return i, i + 1 if token == eos else i
-    return len(ids), len(ids)
-
-
-def decode_predictions(
-    tokenizer: Any, generated: list[list[int]], logprobs: torch.Tensor
-) -> list[Prediction]:
-    """Texts and confidences from generated ids (after the start token) and their log-probs.
-
-    The confidence averages the tokens up to and including the first eos; what generate
-    appends after a sequence finished (padding) does not count.
-    """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    results = []
-    for ids, logp in zip(generated, logprobs, strict=True):
-        _, n = sequence_end(ids, eos, pad)
-        confidence = float(logp[:n].mean()) if n else 0.0
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        results.append(Prediction(text.strip(), confidence))
-    return results
-
-
-def transcribe(
-    bundle: ModelBundle,
-    images: Sequence[str],
-    cfg: EvalConfig,
-    device: torch.device | None = None,
-    num_workers: int = 0,
-    max_new_tokens: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    runner: Any = None,
-) -> tuple[list[Prediction], float]:
-    """Transcribe `images` in batches; returns predictions in input order and seconds spent.
-
-    `runner` (see optimize.runners) decodes the batches; by default the bundle's model with
-    `generate`. Every variant goes through this same loop.
-    """
-    from .data.records import LineSample
-    from .optimize.runners import TorchRunner, on_device
-
-    if runner is None:
-        device = device or pick_device()
-        runner = TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
-    samples = [LineSample(p, "", None, p, p) for p in images]
-    dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
-    )
-    kwargs = generation_kwargs(bundle, cfg, max_new_tokens)
-    predictions: list[Prediction] = []
-    start = time.perf_counter()
-    for batch in loader:
-        predictions.extend(runner.generate_batch(batch["pixel_values"], kwargs))
-        if progress:
-            progress(len(predictions), len(samples))
-    return predictions, time.perf_counter() - start
 
 
 @dataclass

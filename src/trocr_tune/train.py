@@ -37,11 +37,11 @@ from .config import Config, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
 from .data.reader import ReadResult, decode_check, read_dataset
+from .decoding.charlm import CharNgramLM
 from .errors import UserError
 from .evaluate import evaluate_bundle, metric_normalizer, write_report
 from .files import atomic_open, atomic_write_text
 from .metrics import compute_metrics
-from .model.charlm import CharNgramLM
 from .model.ctc import ctc_loss, encoder_grid
 from .model.loading import INFO_FILE, ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from trocr_tune.config import load_config
-from trocr_tune.predict import Prediction
+from trocr_tune.decoding import Prediction
 from trocr_tune.serve.app import create_app
 from trocr_tune.serve.settings import ServeSettings
 

@@ -15,10 +15,10 @@ from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderM
 
 from .. import __version__
 from ..config import ModelConfig
+from ..decoding.charlm import CHAR_LM_FILE, CharNgramLM
 from ..errors import UserError
 from ..files import atomic_write_text
 from .alphabet import adapt_alphabet
-from .charlm import CHAR_LM_FILE, CharNgramLM
 from .geometry import (
     encoder_image_size,
     line_image_processor,

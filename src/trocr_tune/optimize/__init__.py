@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # the registry itself stays import-light (CLI help, config va
     import torch
 
     from ..config import OptimizeConfig
+    from ..decoding.runners import Runner
     from ..model.loading import ModelBundle
-    from .runners import Runner
 
 BASELINE = "fp32"
 
@@ -153,8 +153,8 @@ def load_runner(
 ) -> tuple[ModelBundle, Runner]:
     """Load a checkpoint or a variant artifact written by `trocr-tune optimize`, ready to decode."""
     from ..config import OptimizeConfig
+    from ..decoding.runners import TorchRunner, on_device
     from ..model.loading import load_bundle
-    from .runners import TorchRunner, on_device
 
     bundle = load_bundle(path)
     name = variant_of(bundle)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from ..config import OptimizeConfig
+from ..decoding.runners import TorchRunner
 from ..model.loading import ModelBundle
-from .runners import TorchRunner
 
 
 @dataclass

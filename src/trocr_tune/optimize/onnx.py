@@ -20,24 +20,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..config import OptimizeConfig
+from ..decoding.onnx import DECODER_FILE, ENCODER_FILE, OnnxRunner, require_ort
 from ..errors import UserError
 from ..model.loading import ModelBundle
-from ..predict import Prediction, decode_predictions
-
-ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
-
-
-def _require_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError("the onnx variants need ONNX Runtime: pip install 'trocr-tune[onnx]'") from None
-    return onnxruntime
 
 
 class EncoderGraph(nn.Module):
@@ -188,7 +177,7 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
 
 def quantize_graphs(src: Path, dst: Path) -> None:
     """ONNX Runtime dynamic int8 quantization of both graphs (weights int8, activations at run time)."""
-    _require_ort()
+    require_ort()
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -200,59 +189,6 @@ def quantize_graphs(src: Path, dst: Path) -> None:
         quant_pre_process(str(src / name), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(str(prepared), str(dst / name), weight_type=QuantType.QInt8)
         prepared.unlink()
-
-
-class OnnxRunner:
-    """Greedy decoding with ONNX Runtime sessions; same outputs (texts, confidences) as TorchRunner."""
-
-    def __init__(self, folder: Path, bundle: ModelBundle, threads: int | None = None) -> None:
-        ort = _require_ort()
-        self.folder = folder
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(folder / ENCODER_FILE), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(folder / DECODER_FILE), options, providers=providers)
-        self.tokenizer = bundle.tokenizer
-        cfg: Any = bundle.model.config
-        dec = cfg.decoder
-        self.layers, self.heads = dec.decoder_layers, dec.decoder_attention_heads
-        self.head_dim = dec.d_model // self.heads
-        self.start = cfg.decoder_start_token_id
-        self.eos, self.pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        self.device = torch.device("cpu")
-        self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_")]
-        self.cross_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("cross_")]
-
-    def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
-        if kwargs.get("num_beams", 1) != 1:
-            raise UserError("the onnx variants decode greedily (eval.num_beams=1)")
-        if "lm_fusion" in kwargs:
-            raise UserError("the onnx variants decode without a language model (eval.lm_fusion=0)")
-        steps = int(kwargs["max_length"]) - 1
-        pixels = pixel_values.detach().cpu().float().numpy()
-        cross = dict(zip(self.cross_names, self.encoder.run(None, {"pixel_values": pixels}), strict=True))
-        b = pixels.shape[0]
-        past = {name: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for name in self.past_names}
-        ids = np.full((b, 1), self.start, np.int64)
-        finished = np.zeros(b, bool)
-        tokens, logps = [], []
-        for _ in range(steps):
-            logits, *present = self.decoder.run(None, {"input_ids": ids, **past, **cross})
-            shifted = logits - logits.max(axis=-1, keepdims=True)
-            logprobs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-            token = logprobs.argmax(axis=-1)
-            token = np.where(finished, self.pad, token)
-            tokens.append(token)
-            logps.append(logprobs[np.arange(b), token])
-            finished |= token == self.eos
-            past = dict(zip(self.past_names, present, strict=True))
-            ids = token[:, None].astype(np.int64)
-            if finished.all():
-                break
-        generated = np.stack(tokens, axis=1).tolist()
-        return decode_predictions(self.tokenizer, generated, torch.from_numpy(np.stack(logps, axis=1)))
 
 
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: bool) -> OnnxRunner:
@@ -276,7 +212,7 @@ def export_pair(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, int8: bool)
 
 
 def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:
-    _require_ort()
+    require_ort()
     model = copy.deepcopy(bundle.model)
     if not int8:
         export(model, folder, bundle.info.image_height, bundle.info.image_width, cfg.onnx_opset)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..config import OptimizeConfig
+from ..decoding.runners import TorchRunner, on_device
 from ..errors import UserError
 from ..model.loading import ModelBundle
 from ..runtime import cpu_has_native_bf16
-from .runners import TorchRunner, on_device
 
 
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, dtype: str | None) -> TorchRunner:

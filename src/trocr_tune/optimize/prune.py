@@ -16,8 +16,8 @@ import torch.nn.utils.prune as torch_prune
 from transformers import TrainerCallback
 
 from ..config import OptimizeConfig
+from ..decoding.runners import TorchRunner, on_device
 from ..model.loading import ModelBundle
-from .runners import TorchRunner, on_device
 
 OUTPUT_PROJECTION = "decoder.output_projection"
 

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from ..config import OptimizeConfig
+from ..decoding.runners import TorchRunner
 from ..model.loading import ModelBundle
-from .runners import TorchRunner
 
 
 def quantize_int8(model: Any) -> Any:

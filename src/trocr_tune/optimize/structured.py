@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..config import OptimizeConfig
+from ..decoding.runners import TorchRunner, on_device
 from ..errors import UserError
 from ..model.loading import ModelBundle
-from .runners import TorchRunner, on_device
 
 
 def _shrink(linear: torch.nn.Linear, keep: torch.Tensor, dim: int) -> torch.nn.Linear:

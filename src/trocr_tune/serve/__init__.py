@@ -17,7 +17,7 @@ from .settings import API_KEY_ENV, ServeSettings, help_of
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from ..predict import Prediction
+    from ..decoding import Prediction
     from .batching import Decoder
 
 __all__ = ["API_KEY_ENV", "ServeSettings", "build_app", "help_of", "model_decoder", "serve"]
@@ -25,12 +25,12 @@ __all__ = ["API_KEY_ENV", "ServeSettings", "build_app", "help_of", "model_decode
 
 def model_decoder(model: str, cfg: Config, settings: ServeSettings) -> Decoder:
     """Load `model` (checkpoint or `optimize` artifact) once; a function that decodes line files
-    with cfg.eval's decoding settings, all of them in one generate call (predict.transcribe)."""
+    with cfg.eval's decoding settings, all of them in one generate call (decoding.transcribe)."""
+    from ..decoding import DecodeSettings, pick_device, transcribe
     from ..optimize import load_runner
-    from ..predict import generation_kwargs, pick_device, transcribe
 
     bundle, runner = load_runner(model, pick_device(settings.device), cfg.optimize)
-    generation_kwargs(bundle, cfg.eval)  # a missing char_lm.json fails now, not on the first request
+    DecodeSettings.from_eval(bundle, cfg.eval)  # a missing char_lm.json fails now, not on the first request
     settings_eval = dataclasses.replace(cfg.eval, batch_size=settings.max_batch_size)
 
     def decode(paths: list[str]) -> Sequence[Prediction]:

@@ -35,9 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..data.images import ImageProblem, image_problem, open_image
+from ..decoding import Prediction
 from ..errors import UserError
 from ..pages import confidence_of, fill_page
-from ..predict import Prediction
 from .batching import Batcher, BatchStats, Closed, Decoder, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import ServeSettings

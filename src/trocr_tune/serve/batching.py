@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from ..predict import Prediction
+from ..decoding import Prediction
 
 Decoder = Callable[[list[str]], Sequence[Prediction]]  # line image files -> predictions, in order
 

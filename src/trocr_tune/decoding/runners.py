@@ -1,22 +1,22 @@
 """Runners: what turns a batch of pixel values into predictions, for every variant alike.
 
-Evaluation, prediction and the benchmark call `generate_batch` and nothing else, so every
-variant is decoded with the same settings and scored by the same code.
+Evaluation, prediction and the benchmark call `generate_batch(pixels, DecodeSettings)` and
+nothing else, so every variant is decoded with the same settings and scored by the same code.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..errors import UserError
-from ..model.charlm import CharNgramLM
-from ..predict import Prediction, decode_predictions, sequence_end
+from .charlm import END, CharNgramLM
+from .results import Prediction, decode_predictions, sequence_end
+from .settings import DecodeSettings, Rescoring
 
 
 class Runner(Protocol):
@@ -24,28 +24,12 @@ class Runner(Protocol):
 
     device: torch.device
 
-    def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]: ...
+    def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]: ...
 
 
 def on_device(model: Any, device: torch.device) -> Any:
     """`model` moved to `device` in eval mode (typed loosely: Transformers wraps `.to`)."""
     return model.to(device).eval()
-
-
-@dataclass(frozen=True)
-class Rescoring:
-    """How `eval.ctc_rescore` / `eval.lm_weight` pick among the beams (see EvalConfig)."""
-
-    ctc_weight: float = 0.0
-    length_bonus: float = 0.0
-    views: tuple[str, ...] = ()
-    views_margin: float = float("inf")
-    lm_weight: float = 0.0
-    lm: CharNgramLM | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.ctc_weight > 0 or (self.lm is not None and self.lm_weight > 0)
 
 
 def decoder_log_likelihood(
@@ -92,8 +76,6 @@ class CharLMFusion:
     def __init__(
         self, lm: CharNgramLM, weight: float, tokenizer: Any, start_id: int, max_cached: int = 200_000
     ) -> None:
-        from ..model.charlm import END
-
         self.lm, self.weight, self.start, self.max_cached = lm, weight, start_id, max_cached
         specials = set(tokenizer.all_special_ids)
         # What each token writes: eos ends the line; other special tokens write nothing the
@@ -163,25 +145,18 @@ class TorchRunner:
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
             yield
 
-    def generate_batch(self, pixel_values: torch.Tensor, kwargs: dict[str, Any]) -> list[Prediction]:
-        kwargs = dict(kwargs)
-        lm_weight, lm = kwargs.pop("rescore_lm", (0.0, None))
-        rescore = Rescoring(
-            float(kwargs.pop("ctc_rescore", 0.0)),
-            float(kwargs.pop("rescore_length_bonus", 0.0)),
-            tuple(kwargs.pop("rescore_views", ())),
-            float(kwargs.pop("rescore_views_margin", float("inf"))),
-            float(lm_weight),
-            lm,
-        )
-        fusion_weight, fusion_lm = kwargs.pop("lm_fusion", (0.0, None))
-        fused = fusion_lm is not None and fusion_weight > 0
+    def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
+        kwargs = settings.generate_kwargs()
+        rescore = settings.rescoring
+        fused = settings.fused
         if fused:
             from transformers import LogitsProcessorList
 
-            kwargs["logits_processor"] = LogitsProcessorList([self._fusion_for(fusion_lm, fusion_weight)])
-        beams = int(kwargs.get("num_beams", 1))
-        rescoring = rescore.active and beams > 1
+            assert settings.fusion_lm is not None
+            fusion = self._fusion_for(settings.fusion_lm, settings.fusion_weight)
+            kwargs["logits_processor"] = LogitsProcessorList([fusion])
+        beams = settings.num_beams
+        rescoring = settings.rescores
         if rescoring:
             kwargs["num_return_sequences"] = beams
         with torch.inference_mode(), self._precision():
@@ -289,7 +264,7 @@ class TorchRunner:
         how: Rescoring,
     ) -> torch.Tensor:
         """The optical scores (images, beams) of `images` averaged with those on each view."""
-        from ..model.views import VIEWS
+        from .views import VIEWS
 
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         rows = [tokens[g * beams + k] for g in images.tolist() for k in range(beams)]

@@ -2,7 +2,7 @@
 
 HTR systems have long decoded with a character n-gram model of the training text beside the
 optical model (Kaldi and PyLaia recipes). Here it judges the hypotheses that beam search already
-found (`eval.lm_weight`, optimize/runners.py), so it costs one dictionary walk per hypothesis and
+found (`eval.lm_weight`, decoding/runners.py), so it costs one dictionary walk per hypothesis and
 no change to the checkpoint: plain Transformers loads the folder as before and ignores
 `char_lm.json`.
 

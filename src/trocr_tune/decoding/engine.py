@@ -1,0 +1,63 @@
+"""The batch loop every command decodes through: images -> pixels -> a runner -> predictions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import UserError
+from .results import Prediction
+from .settings import DecodeSettings
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
+    from ..model.loading import ModelBundle
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1 ...)") from None
+
+
+def transcribe(
+    bundle: ModelBundle,
+    images: Sequence[str],
+    cfg: EvalConfig,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    max_new_tokens: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    runner: Any = None,
+) -> tuple[list[Prediction], float]:
+    """Transcribe `images` in batches; returns predictions in input order and seconds spent.
+
+    `runner` (decoding.runners, or a variant's) decodes the batches; by default the bundle's
+    model with `generate`. Every command and every variant goes through this same loop.
+    """
+    from ..data.dataset import LineDataset, collate
+    from ..data.records import LineSample
+    from .runners import TorchRunner, on_device
+
+    if runner is None:
+        device = device or pick_device()
+        runner = TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
+    samples = [LineSample(p, "", None, p, p) for p in images]
+    dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
+    )
+    settings = DecodeSettings.from_eval(bundle, cfg, max_new_tokens)
+    predictions: list[Prediction] = []
+    start = time.perf_counter()
+    for batch in loader:
+        predictions.extend(runner.generate_batch(batch["pixel_values"], settings))
+        if progress:
+            progress(len(predictions), len(samples))
+    return predictions, time.perf_counter() - start

@@ -1,0 +1,98 @@
+"""DecodeSettings: everything a runner needs to decode a batch, typed, built once from EvalConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from .charlm import CHAR_LM_FILE, CharNgramLM
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
+    from ..model.loading import ModelBundle
+
+
+@dataclass(frozen=True)
+class Rescoring:
+    """How `eval.ctc_rescore` / `eval.lm_weight` pick among the beams (see EvalConfig)."""
+
+    ctc_weight: float = 0.0
+    length_bonus: float = 0.0
+    views: tuple[str, ...] = ()
+    views_margin: float = float("inf")
+    lm_weight: float = 0.0
+    lm: CharNgramLM | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.ctc_weight > 0 or (self.lm is not None and self.lm_weight > 0)
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """The search (`generate`'s own arguments) and what trocr-tune adds around it."""
+
+    max_new_tokens: int
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    # Shallow fusion: weight x log p_LM(next character) at every step of the search.
+    fusion_weight: float = 0.0
+    fusion_lm: CharNgramLM | None = None
+    # Picking among the beams once they are found (beam search only).
+    rescoring: Rescoring = field(default_factory=Rescoring)
+
+    @classmethod
+    def from_eval(
+        cls, bundle: ModelBundle, cfg: EvalConfig, max_new_tokens: int | None = None
+    ) -> DecodeSettings:
+        """The settings of `cfg` for `bundle`; a language model it asks for must be beside the checkpoint."""
+        uses_lm = (cfg.lm_weight > 0 and cfg.num_beams > 1) or cfg.lm_fusion > 0
+        if uses_lm and bundle.char_lm is None:
+            raise UserError(
+                "eval.lm_weight and eval.lm_fusion need a character language model beside the checkpoint "
+                f"({CHAR_LM_FILE}): train with train.char_lm_order > 0, or build one with `trocr-tune lm`"
+            )
+        rescoring = Rescoring()
+        if cfg.num_beams > 1 and (cfg.ctc_rescore > 0 or cfg.lm_weight > 0):
+            rescoring = Rescoring(
+                ctc_weight=cfg.ctc_rescore,
+                length_bonus=cfg.rescore_length_bonus,
+                views=tuple(cfg.rescore_views),
+                views_margin=float("inf") if cfg.rescore_views_margin is None else cfg.rescore_views_margin,
+                lm_weight=cfg.lm_weight,
+                lm=bundle.char_lm if cfg.lm_weight > 0 else None,
+            )
+        return cls(
+            max_new_tokens=max_new_tokens or bundle.info.max_new_tokens,
+            num_beams=cfg.num_beams,
+            length_penalty=cfg.length_penalty,
+            no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+            fusion_weight=cfg.lm_fusion if cfg.lm_fusion > 0 else 0.0,
+            fusion_lm=bundle.char_lm if cfg.lm_fusion > 0 else None,
+            rescoring=rescoring,
+        )
+
+    @property
+    def fused(self) -> bool:
+        return self.fusion_lm is not None and self.fusion_weight > 0
+
+    @property
+    def rescores(self) -> bool:
+        return self.rescoring.active and self.num_beams > 1
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The arguments of Transformers' `generate` (no trocr-tune keys travel in them)."""
+        kwargs: dict[str, Any] = {
+            # decoder start token + the new tokens (see model.loading.set_generation_budget)
+            "max_length": 1 + self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": False,
+        }
+        if self.num_beams > 1:
+            kwargs["length_penalty"] = self.length_penalty
+            kwargs["early_stopping"] = True
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kwargs
