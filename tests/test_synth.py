@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from trocr_tune.data import synth
+from trocr_tune.data.ink import DIGITS_FONT
 from trocr_tune.data.synth import (
     CHAR_CLASSES,
-    DIGITS_FONT,
     SPLITS,
     available_fonts,
     caps_only,

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-from .synth import DIGITS_FONT, finish_line, paste_glyph
+from .ink import DIGITS_FONT, finish_line, paste_glyph
 from .synth_text import group_thousands
 
 # Fixed, not the user's seed: a digit image stays on the same side of the split in every dataset.

@@ -12,13 +12,14 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ...config import DataConfig
     from ..records import DropLog, LineSample
 
-Reader = Callable[["DataConfig", Path, "DropLog"], Iterator["LineSample"]]
+# read_x(cfg: DataConfig, root, log): cfg typed loosely, as config.py checks data.layout against
+# this registry and the registry must not depend on config in turn.
+Reader = Callable[[Any, Path, "DropLog"], Iterator["LineSample"]]
 
 
 @dataclass(frozen=True)
