@@ -283,7 +283,7 @@ def test_optimize_cli_and_artifacts_load_everywhere(tiny_run: Path, words: Path,
         "--finetune",
         str(recipe),
     )
-    assert bad.returncode == 2 and "--finetune applies to the pruning variants" in bad.stderr
+    assert bad.returncode == 2 and "--finetune applies to the variants that change the weights" in bad.stderr
     again = run_cli(
         "optimize", str(tmp_path / "int8-dynamic"), "--variant", "onnx", "--out", str(tmp_path / "y")
     )

@@ -39,7 +39,6 @@ from .evaluate import score_predictions
 from .files import atomic_open, atomic_write_text
 from .model.loading import decoding_budget, load_bundle
 from .optimize import BASELINE, VARIANTS, get_variant, load_runner, variant_of
-from .optimize.run import artifact_size
 from .predict import readable_images
 
 
@@ -122,23 +121,6 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
-def _serialized_size(runner: Any, spec: VariantSpec, model_path: str) -> int:
-    """Bytes the variant's weights take when saved (int8: its quantized state dict; pruning:
-    a dense checkpoint, zeros included, which is what unstructured sparsity saves as)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if spec.name == "int8-dynamic":
-            torch.save(runner.model.state_dict(), Path(tmp) / "int8.pt")
-            return artifact_size(Path(tmp))
-        if spec.artifact:
-            return artifact_size(Path(spec.artifact))
-        if spec.name in ("onnx", "onnx-int8"):
-            return artifact_size(runner.folder)
-        if spec.name in ("prune-l1", "prune-structured"):
-            runner.model.save_pretrained(tmp)
-            return artifact_size(Path(tmp))
-    return artifact_size(Path(model_path))  # weights unchanged (compile, autocast)
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident memory.
 
@@ -166,11 +148,9 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
     ocfg = OptimizeConfig(**job["optimize"])
     if spec.artifact:
         bundle, runner = load_runner(spec.artifact, device, ocfg)
-    elif spec.name in job.get("onnx_graphs", {}):
-        from .optimize.onnx import load_onnx_runner
-
+    elif spec.name in job.get("shared_graphs", {}):
         bundle = load_bundle(job["model"])
-        runner = load_onnx_runner(Path(job["onnx_graphs"][spec.name]), bundle, device)
+        runner = get_variant(spec.name).load(Path(job["shared_graphs"][spec.name]), bundle, device, ocfg)
     else:
         bundle = load_bundle(job["model"])
         runner = get_variant(spec.name).apply(bundle, ocfg, device)
@@ -203,7 +183,7 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
         "times": times,
         "latency_ms": latency,
         "warmup_seconds": warmup,
-        "size_bytes": _serialized_size(runner, spec, job["model"]),
+        "size_bytes": get_variant(spec.name).saved_bytes(runner, spec.artifact or job["model"]),
         "peak_rss_bytes": peak_rss_bytes(),
         # The training that produced the weights this variant runs (fp32's when it reuses them).
         "train_seconds_per_epoch": bundle.info.extra.get(
@@ -226,12 +206,16 @@ def _fresh_process_context() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def export_onnx_graphs(job: dict[str, Any]) -> dict[str, str]:
-    """The onnx (and onnx-int8) graphs of the baseline, written under job["out"] (own process)."""
-    from .optimize.onnx import export_pair
+def export_shared_graphs(job: dict[str, Any]) -> dict[str, str]:
+    """The graphs of job["names"] (variants stored as graphs, sharing one module's export) of the
+    baseline, written under job["out"] (in a process of their own)."""
+    import importlib
 
     bundle = load_bundle(job["model"])
-    folders = export_pair(bundle, OptimizeConfig(**job["optimize"]), Path(job["out"]), job["int8"])
+    module = importlib.import_module(job["module"])
+    folders = module.export_shared(
+        bundle, OptimizeConfig(**job["optimize"]), Path(job["out"]), set(job["names"])
+    )
     return {name: str(folder) for name, folder in folders.items()}
 
 
@@ -283,11 +267,9 @@ def benchmark(
     skipped = {}
     runnable = [VariantSpec(BASELINE, BASELINE)]
     for spec in parsed:
-        variant = get_variant(spec.name)
-        if device.type not in variant.devices:
-            skipped[spec.label] = f"runs on {'/'.join(variant.devices)}, this table is {device.type}"
-        elif spec.name in ("onnx", "onnx-int8") and not _has_ort():
-            skipped[spec.label] = "onnxruntime not installed (pip install 'trocr-tune[onnx]')"
+        reason = get_variant(spec.name).unavailable(device)
+        if reason:
+            skipped[spec.label] = reason
         else:
             runnable.append(spec)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,18 +281,23 @@ def benchmark(
         pixels = torch.cat([b["pixel_values"] for b in loader])
         pixels_path = Path(tmp) / "pixels.pt"
         torch.save(pixels, pixels_path)
-        # onnx and onnx-int8 share one export, made in a process of its own before either is
-        # measured, so neither row's time or peak memory includes exporting.
-        onnx_specs = {s.name for s in runnable if s.name in ("onnx", "onnx-int8") and not s.artifact}
-        onnx_graphs: dict[str, str] = {}
-        if onnx_specs:
-            onnx_job = {
+        # Variants stored as graphs (onnx, onnx-int8) share one export, made in a process of its
+        # own before any is measured, so no row's time or peak memory includes exporting.
+        shared: dict[str, set[str]] = {}
+        for spec in runnable:
+            variant = get_variant(spec.name)
+            if variant.stored == "graphs" and not spec.artifact:
+                shared.setdefault(f"trocr_tune.optimize.{variant.module}", set()).add(spec.name)
+        shared_graphs: dict[str, str] = {}
+        for module, names in shared.items():
+            export_job = {
                 "model": model_path,
                 "optimize": asdict(cfg.optimize),
                 "out": tmp,
-                "int8": "onnx-int8" in onnx_specs,
+                "module": module,
+                "names": sorted(names),
             }
-            onnx_graphs = _run_isolated(onnx_job, isolate, export_onnx_graphs)
+            shared_graphs.update(_run_isolated(export_job, isolate, export_shared_graphs))
         rows = []
         for spec in runnable:
             if progress:
@@ -323,7 +310,7 @@ def benchmark(
                 "optimize": asdict(cfg.optimize),
                 "eval": asdict(cfg.eval),
                 "budget": budget,
-                "onnx_graphs": onnx_graphs,
+                "shared_graphs": shared_graphs,
             }
             result = _run_isolated(job, isolate)
             predictions = [Prediction(t, c) for t, c in result["predictions"]]
@@ -368,14 +355,6 @@ def benchmark(
     outcome.files = write_outputs(outcome, out)
     save_config(cfg, out / "config.yaml")
     return outcome
-
-
-def _has_ort() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 RATIO_KEYS = ("lines_per_second", "latency_p50_ms", "size_mb", "peak_rss_mb", "cer", "mean_similarity")

@@ -1,15 +1,20 @@
-"""The registry of optimized variants and how a variant's artifact is loaded back.
+"""The registry of optimized variants: each entry owns how it is built, saved, loaded and sized.
 
-Each variant is a small module with `apply(bundle, cfg, device) -> Runner`; variants whose
-result cannot live in a plain checkpoint (int8 dynamic quantization, compilation, autocast)
-are saved as the fp32 checkpoint plus a note in `trocr_tune.json` and re-applied
-deterministically at load; pruned variants save a plain (sparse or smaller) checkpoint; ONNX
-variants save the .onnx graphs beside the checkpoint.
+Each variant is a small module with `apply(bundle, cfg, device) -> Runner`, and its entry says how
+its artifact is stored (`stored`):
+- `reapplied`: int8 dynamic quantization, compilation and autocast cannot live in a plain
+  checkpoint, so the fp32 checkpoint is saved with a note in `trocr_tune.json` and the variant
+  is re-applied deterministically at load;
+- `checkpoint`: pruning changes the weights (its module's `prepare`, then optionally a
+  fine-tune), and the result is a plain (sparse or smaller) checkpoint;
+- `graphs`: the ONNX variants save their graphs beside the checkpoint (module `save`/`load`).
+Nothing outside this registry branches on a variant's name.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,15 +37,76 @@ class Variant:
     module: str  # module in this package exposing apply(bundle, cfg, device, **options)
     options: tuple[tuple[str, Any], ...]
     devices: tuple[str, ...]
-    storage: str  # what `optimize --out` writes
+    storage: str  # what `optimize --out` writes, in words
     summary: str
+    stored: str = "reapplied"  # reapplied | checkpoint | graphs (see the module docstring)
+    # A Python module the variant needs, and the trocr-tune extra that installs it.
+    requires: tuple[str, str] | None = None
+
+    def _module(self) -> Any:
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def unavailable(self, device: torch.device) -> str | None:
+        """Why the variant cannot run here (device, missing package), or None."""
+        if device.type not in self.devices:
+            return f"runs on {'/'.join(self.devices)}, this table is {device.type}"
+        if self.requires and importlib.util.find_spec(self.requires[0]) is None:
+            return f"{self.requires[0]} not installed (pip install 'trocr-tune[{self.requires[1]}]')"
+        return None
 
     def apply(self, bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> Runner:
         if device.type not in self.devices:
             raise UserError(f"variant {self.name} runs on {' / '.join(self.devices)}, not {device.type}")
-        module = importlib.import_module(f"{__name__}.{self.module}")
-        runner: Runner = module.apply(bundle, cfg, device, **dict(self.options))
+        runner: Runner = self._module().apply(bundle, cfg, device, **dict(self.options))
         return runner
+
+    @property
+    def changes_weights(self) -> bool:
+        """Pruning: the weights themselves change (so `optimize --finetune` applies)."""
+        return self.stored == "checkpoint"
+
+    def prepare(self, bundle: ModelBundle, cfg: OptimizeConfig) -> tuple[dict[str, Any], list[str]]:
+        """Change the weights in place before saving: (report, modules whose zeros a fine-tune keeps)."""
+        prepared: tuple[dict[str, Any], list[str]] = self._module().prepare(bundle.model, cfg)
+        return prepared
+
+    def describe(self, bundle: ModelBundle, cfg: OptimizeConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the saved weights look like (e.g. sparsity): (for the report, for the artifact's note)."""
+        describe = getattr(self._module(), "describe", None)
+        return describe(bundle.model, cfg) if describe else ({}, {})
+
+    def save(self, bundle: ModelBundle, out: Path, cfg: OptimizeConfig) -> None:
+        """Write what the artifact holds beyond the checkpoint (the ONNX graphs)."""
+        if self.stored == "graphs":
+            self._module().save(bundle, out, cfg, **dict(self.options))
+
+    def load(self, path: Path, bundle: ModelBundle, device: torch.device, cfg: OptimizeConfig) -> Runner:
+        """A runner over a saved artifact of this variant."""
+        from ..decoding.runners import TorchRunner, on_device
+
+        if self.stored == "checkpoint":
+            return TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
+        if self.stored == "graphs":
+            runner: Runner = self._module().load(path, bundle, device)
+            return runner
+        return self.apply(bundle, cfg, device)
+
+    def saved_bytes(self, runner: Any, model_path: str) -> int:
+        """Bytes the variant's weights take once saved, measured on the runner built in memory."""
+        import tempfile
+
+        from .run import artifact_size
+
+        own = getattr(self._module(), "saved_bytes", None)  # e.g. int8: its quantized state dict
+        if own is not None:
+            return int(own(runner))
+        if self.stored == "graphs":
+            return artifact_size(runner.folder)
+        if self.stored == "checkpoint":  # dense: unstructured zeros are stored as zeros
+            with tempfile.TemporaryDirectory() as tmp:
+                runner.model.save_pretrained(tmp)
+                return artifact_size(Path(tmp))
+        return artifact_size(Path(model_path))  # weights unchanged (compile, autocast)
 
 
 _ALL = [
@@ -67,6 +133,7 @@ _ALL = [
         ("cpu", "cuda"),
         "sparse checkpoint",
         "L1 unstructured pruning (optimize.prune_*), masks kept through --finetune",
+        stored="checkpoint",
     ),
     Variant(
         "prune-structured",
@@ -75,6 +142,7 @@ _ALL = [
         ("cpu", "cuda"),
         "smaller checkpoint",
         "removes encoder attention heads and FFN channels by importance (optimize.structured_amount)",
+        stored="checkpoint",
     ),
     Variant(
         "compile-default",
@@ -123,6 +191,8 @@ _ALL = [
         ("cpu",),
         "encoder.onnx + decoder.onnx",
         "ONNX export (decoder with past key/values) + greedy decoding in ONNX Runtime (extra [onnx])",
+        stored="graphs",
+        requires=("onnxruntime", "onnx"),
     ),
     Variant(
         "onnx-int8",
@@ -131,6 +201,8 @@ _ALL = [
         ("cpu",),
         "int8 encoder.onnx + decoder.onnx",
         "the ONNX graphs with ONNX Runtime dynamic int8 quantization",
+        stored="graphs",
+        requires=("onnxruntime", "onnx"),
     ),
 ]
 
@@ -158,10 +230,6 @@ def load_runner(
 
     bundle = load_bundle(path)
     name = variant_of(bundle)
-    if name == BASELINE or bundle.info.extra.get("stored_as") == "checkpoint":
+    if name == BASELINE:
         return bundle, TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
-    if name in ("onnx", "onnx-int8"):
-        from .onnx import load_onnx_runner
-
-        return bundle, load_onnx_runner(Path(path), bundle, device)
-    return bundle, get_variant(name).apply(bundle, cfg or OptimizeConfig(), device)
+    return bundle, get_variant(name).load(Path(path), bundle, device, cfg or OptimizeConfig())

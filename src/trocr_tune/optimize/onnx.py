@@ -200,15 +200,25 @@ def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: 
     return OnnxRunner(folder, bundle)
 
 
-def export_pair(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, int8: bool) -> dict[str, Path]:
-    """Export the fp32 graphs once into out/onnx and, with `int8`, quantize them into
-    out/onnx-int8: the benchmark builds both variants this way in one process of their own."""
-    folders = {"onnx": out / "onnx"}
-    export_variant(bundle, folders["onnx"], cfg, int8=False)
-    if int8:
+def export_shared(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, names: set[str]) -> dict[str, Path]:
+    """The graphs of the variants `names` (onnx, onnx-int8) from one fp32 export into out/NAME:
+    the benchmark builds them this way, in one process of their own."""
+    fp32 = out / "onnx"
+    export_variant(bundle, fp32, cfg, int8=False)
+    folders = {"onnx": fp32} if "onnx" in names else {}
+    if "onnx-int8" in names:
         folders["onnx-int8"] = out / "onnx-int8"
-        quantize_graphs(folders["onnx"], folders["onnx-int8"])
+        quantize_graphs(fp32, folders["onnx-int8"])
     return folders
+
+
+def save(bundle: ModelBundle, out: Path, cfg: OptimizeConfig, int8: bool) -> None:
+    """The artifact's graphs, beside its checkpoint."""
+    export_variant(bundle, out, cfg, int8)
+
+
+def load(folder: Path, bundle: ModelBundle, device: torch.device, int8: bool = False) -> OnnxRunner:
+    return load_onnx_runner(folder, bundle, device)
 
 
 def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:

@@ -93,6 +93,19 @@ class MaskKeeper(TrainerCallback):
                 weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
 
 
+def prepare(model: Any, cfg: OptimizeConfig) -> tuple[dict[str, Any], list[str]]:
+    """Prune `model` in place for `optimize`: (report, the pruned modules a fine-tune keeps at zero)."""
+    report = {"sparsity_after_pruning": prune_l1(model, cfg)}
+    return report, list(prunable_linears(model, cfg.prune_scope, cfg.prune_output_projection))
+
+
+def describe(model: Any, cfg: OptimizeConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The sparsity of the weights as saved (after any fine-tune): (report, artifact note)."""
+    names = prunable_linears(model, cfg.prune_scope, cfg.prune_output_projection)
+    measured = sparsity(names)
+    return {"sparsity": measured}, {"sparsity": measured["overall"]}
+
+
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> TorchRunner:
     """Prune a copy in memory (no fine-tune); `trocr-tune optimize` adds the fine-tune."""
     import copy

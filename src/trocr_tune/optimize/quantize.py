@@ -37,3 +37,12 @@ def quantize_int8(model: Any) -> Any:
 
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> TorchRunner:
     return TorchRunner(quantize_int8(bundle.model.cpu()), bundle.tokenizer, device)
+
+
+def saved_bytes(runner: TorchRunner) -> int:
+    """Bytes of the quantized state dict (what int8 weights take once saved)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(runner.model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes

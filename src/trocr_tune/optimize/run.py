@@ -14,9 +14,8 @@ from ..config import Config, save_config
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..model.loading import ModelBundle, load_bundle, save_bundle
-from . import BASELINE, get_variant, variant_of
-from .prune import MaskKeeper, prunable_linears, prune_l1, sparsity
-from .structured import prune_structured
+from . import BASELINE, VARIANTS, get_variant, variant_of
+from .prune import MaskKeeper
 
 REPORT_FILE = "optimize.json"
 
@@ -85,30 +84,25 @@ def optimize_model(
         raise UserError(
             f"{model_path} is already a {variant_of(bundle)} artifact; optimize the fp32 checkpoint"
         )
-    if finetune is not None and variant_name not in ("prune-l1", "prune-structured"):
-        raise UserError(f"--finetune applies to the pruning variants, not {variant_name}")
+    if finetune is not None and not variant.changes_weights:
+        able = ", ".join(v.name for v in VARIANTS.values() if v.changes_weights)
+        raise UserError(
+            f"--finetune applies to the variants that change the weights ({able}), not {variant_name}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"variant": variant_name, "source": str(model_path), "storage": variant.storage}
     h, w = bundle.info.image_height, bundle.info.image_width
     before = {"parameters": parameter_count(bundle.model), "flops": generate_flops(bundle.model, h, w)}
     extra: dict[str, Any] = {"variant": variant_name}
-    if variant_name == "prune-l1":
-        report["sparsity_after_pruning"] = prune_l1(bundle.model, cfg.optimize)
-        names = list(
-            prunable_linears(bundle.model, cfg.optimize.prune_scope, cfg.optimize.prune_output_projection)
-        )
+    if variant.changes_weights:
+        prepared, keep_zero = variant.prepare(bundle, cfg.optimize)
+        report.update(prepared)
         if finetune is not None:
-            bundle, report["finetune"] = _finetune(bundle, finetune, out, names)
-        report["sparsity"] = sparsity({n: m for n, m in bundle.model.named_modules() if n in names})
-        extra.update(stored_as="checkpoint", sparsity=report["sparsity"]["overall"])
-    elif variant_name == "prune-structured":
-        report["structure"] = prune_structured(bundle.model, cfg.optimize.structured_amount)
-        if finetune is not None:
-            bundle, report["finetune"] = _finetune(bundle, finetune, out, [])
-        extra.update(stored_as="checkpoint")
-    if "finetune" in report:
-        train_metrics = report["finetune"]["train"]
-        extra["finetune_seconds_per_epoch"] = train_metrics["seconds_per_epoch"]
+            bundle, report["finetune"] = _finetune(bundle, finetune, out, keep_zero)
+            extra["finetune_seconds_per_epoch"] = report["finetune"]["train"]["seconds_per_epoch"]
+        described, note = variant.describe(bundle, cfg.optimize)
+        report.update(described)
+        extra.update(note)
     report["before"] = before
     report["after"] = {
         "parameters": parameter_count(bundle.model),
@@ -116,11 +110,8 @@ def optimize_model(
     }
     bundle.info.extra = {**bundle.info.extra, **extra}
     save_bundle(bundle, out)
-    if variant_name in ("onnx", "onnx-int8"):
-        from .onnx import export_variant
-
-        export_variant(bundle, out, cfg.optimize, int8=variant_name == "onnx-int8")
-    else:  # prove the artifact loads and decodes as its variant
+    variant.save(bundle, out, cfg.optimize)
+    if variant.stored != "graphs":  # prove the artifact loads and decodes as its variant
         from . import load_runner
 
         load_runner(out, torch.device("cpu" if "cpu" in variant.devices else "cuda"), cfg.optimize)

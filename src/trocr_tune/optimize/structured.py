@@ -88,6 +88,11 @@ def prune_structured(model: Any, amount: float) -> dict[str, Any]:
     return report
 
 
+def prepare(model: Any, cfg: OptimizeConfig) -> tuple[dict[str, Any], list[str]]:
+    """Shrink `model` in place for `optimize`: (report, no zeros to keep: the weights are gone)."""
+    return {"structure": prune_structured(model, cfg.structured_amount)}, []
+
+
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> TorchRunner:
     model = copy.deepcopy(bundle.model)
     prune_structured(model, cfg.structured_amount)
