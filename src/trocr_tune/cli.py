@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import click
@@ -276,20 +277,8 @@ def data_synth(
         styles=parse_styles(styles),
         workers=workers or os.cpu_count() or 1,
     )
-    total = sum(report.counts.values())
-    click.echo(
-        f"{total} lines in {report.seconds:.1f} s ({report.lines_per_second:.0f} lines/s): "
-        + ", ".join(f"{k} {v}" for k, v in report.counts.items())
-    )
-    for split, fonts in report.fonts.items():
-        click.echo(f"  {split} fonts: {', '.join(fonts)}")
-    if report.styles:
-        click.echo("  styles: " + ", ".join(f"{k} {v}" for k, v in sorted(report.styles.items())))
-    if report.uncovered_chars:
-        click.echo(f"  no font draws: {' '.join(repr(c) for c in report.uncovered_chars)}")
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    click.echo(f"manifest: {report.manifest}")
+    for row in report.summary():
+        click.echo(row)
 
 
 @data.command("export", epilog=_layouts_help())
@@ -403,19 +392,8 @@ def data_pretrain_set(
         workers=workers or os.cpu_count() or 1,
         progress=click.echo,
     )
-    for name, counts in report.real.items():
-        click.echo(f"  real {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if report.synth:
-        click.echo("  synthetic: " + ", ".join(f"{k} {v}" for k, v in report.synth.items()))
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    click.echo(
-        "manifest: "
-        + str(report.manifest)
-        + " ("
-        + ", ".join(f"{k} {v}" for k, v in report.records.items())
-        + ")"
-    )
+    for row in report.summary():
+        click.echo(row)
 
 
 @cli.command("train")
@@ -494,19 +472,10 @@ def evaluate_command(
     model's log-probability of each next character to every step of the search (shallow fusion;
     character tokenizers). CONFIG_HELP
     """
-    from .data.reader import read_dataset
-    from .decoding import pick_device
-    from .evaluate import evaluate_bundle, print_report, write_report
-    from .optimize import load_runner
+    from .evaluate import evaluate_model, print_report, write_report
 
     cfg = config_from_args(args)
-    result = read_dataset(cfg.data)
-    samples = result.split(cfg.data.split)
-    if not samples:
-        raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
-    bundle, runner = load_runner(model_path, pick_device(device), cfg.optimize)
-    unscored = result.log.only(cfg.data.split)
-    report = evaluate_bundle(bundle, samples, cfg.eval, device, workers, runner=runner, unscored=unscored)
+    report = evaluate_model(model_path, cfg, device, workers)
     print_report(report)
     if out:
         write_report(report, out, cfg)
@@ -588,10 +557,11 @@ def predict_command(
     """
     from .config import EvalConfig
     from .distributed import launched
-    from .predict import collect_images, predict_images, write_predictions
+    from .predict import collect_images, manifest_images, predict_images, write_predictions
     from .predict import shard as take_shard
 
-    images = take_shard(collect_images(inputs, manifest_images), shard)
+    warn = partial(click.echo, err=True)
+    images = take_shard(collect_images(inputs, partial(manifest_images, warn=warn)), shard)
     cfg = EvalConfig(
         batch_size=batch_size,
         num_beams=num_beams,
@@ -1142,19 +1112,6 @@ def demo_command(
         f"{held} test CER {summary['test_cer']:.4f}{base} after {summary['total_seconds'] / 60:.1f} min; "
         f"report: {out / 'report.md'}"
     )
-
-
-def manifest_images(path: Path) -> list[str]:
-    """Image paths of a manifest file, every split, via the manifest layout."""
-    from .data.layouts.manifest import read_manifest
-    from .data.records import DropLog
-
-    cfg = load_config(None, ["data.layout=manifest", f"data.root={path}"]).data
-    log = DropLog()
-    images = [s.image for s in read_manifest(cfg, path, log)]
-    if log.total():  # e.g. rows whose image lies outside the manifest's folder
-        click.echo(f"{path}: rows skipped: {log.describe()}", err=True)
-    return images
 
 
 for _command in (data_preview, train_command, evaluate_command, lm_command, benchmark_command):

@@ -95,6 +95,21 @@ def score_predictions(
     return EvalReport(metrics, results, seconds, len(samples) / seconds if seconds > 0 else 0.0, confusions)
 
 
+def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: int = 0) -> EvalReport:
+    """Score `model` (a checkpoint or an `optimize` artifact) on cfg.data's cfg.data.split; the
+    lines dropped when the split was read count as unscored."""
+    from .data.reader import read_dataset
+    from .optimize import load_runner
+
+    result = read_dataset(cfg.data)
+    samples = result.split(cfg.data.split)
+    if not samples:
+        raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
+    bundle, runner = load_runner(model, pick_device(device), cfg.optimize)
+    unscored = result.log.only(cfg.data.split)
+    return evaluate_bundle(bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored)
+
+
 def evaluate_bundle(
     bundle: ModelBundle,
     samples: Sequence[LineSample],

@@ -94,6 +94,20 @@ def collect_images(
     return paths
 
 
+def manifest_images(path: Path, warn: Callable[[str], None] = print) -> list[str]:
+    """Image paths of a manifest file, every split, via the manifest layout (skips are warned)."""
+    from .config import load_config
+    from .data.layouts.manifest import read_manifest
+    from .data.records import DropLog
+
+    cfg = load_config(None, ["data.layout=manifest", f"data.root={path}"]).data
+    log = DropLog()
+    images = [s.image for s in read_manifest(cfg, path, log)]
+    if log.total():  # e.g. rows whose image lies outside the manifest's folder
+        warn(f"{path}: rows skipped: {log.describe()}")
+    return images
+
+
 def shard(items: Sequence[str], spec: str | None) -> list[str]:
     """`i/n`: the i-th of n contiguous, near-equal slices (0-based), for parallel runs."""
     if not spec:

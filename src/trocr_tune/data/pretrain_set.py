@@ -45,6 +45,17 @@ class PretrainSetReport:
     records: dict[str, int]  # split -> manifest rows
     notes: list[str] = field(default_factory=list)
 
+    def summary(self) -> list[str]:
+        """The lines `data pretrain-set` prints."""
+        rows = [
+            f"  real {name}: " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in self.real.items()
+        ]
+        if self.synth:
+            rows.append("  synthetic: " + ", ".join(f"{k} {v}" for k, v in self.synth.items()))
+        rows += [f"note: {note}" for note in self.notes]
+        records = ", ".join(f"{k} {v}" for k, v in self.records.items())
+        return [*rows, f"manifest: {self.manifest} ({records})"]
+
 
 def build_pretraining_set(
     out_dir: str | Path,

@@ -301,6 +301,21 @@ class SynthReport:
     skipped_fonts: dict[str, int] = field(default_factory=dict)  # font -> texts it could not draw
     uncovered_chars: str = ""  # characters of dropped texts that no font draws
 
+    def summary(self) -> list[str]:
+        """The lines `data synth` prints."""
+        total = sum(self.counts.values())
+        rows = [
+            f"{total} lines in {self.seconds:.1f} s ({self.lines_per_second:.0f} lines/s): "
+            + ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        ]
+        rows += [f"  {split} fonts: {', '.join(fonts)}" for split, fonts in self.fonts.items()]
+        if self.styles:
+            rows.append("  styles: " + ", ".join(f"{k} {v}" for k, v in sorted(self.styles.items())))
+        if self.uncovered_chars:
+            rows.append(f"  no font draws: {' '.join(repr(c) for c in self.uncovered_chars)}")
+        rows += [f"note: {note}" for note in self.notes]
+        return [*rows, f"manifest: {self.manifest}"]
+
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 

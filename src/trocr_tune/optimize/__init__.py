@@ -95,8 +95,6 @@ class Variant:
         """Bytes the variant's weights take once saved, measured on the runner built in memory."""
         import tempfile
 
-        from .run import artifact_size
-
         own = getattr(self._module(), "saved_bytes", None)  # e.g. int8: its quantized state dict
         if own is not None:
             return int(own(runner))
@@ -205,6 +203,14 @@ _ALL = [
         requires=("onnxruntime", "onnx"),
     ),
 ]
+
+
+def artifact_size(folder: Path) -> int:
+    """Bytes of the weights/graphs directly in `folder` (safetensors, onnx, pt), not sub-folders."""
+    return sum(
+        p.stat().st_size for p in folder.glob("*") if p.suffix in (".safetensors", ".onnx", ".pt", ".data")
+    )
+
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
 

@@ -14,7 +14,7 @@ from ..config import Config, save_config
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..model.loading import ModelBundle, load_bundle, save_bundle
-from . import BASELINE, VARIANTS, get_variant, variant_of
+from . import BASELINE, VARIANTS, artifact_size, get_variant, variant_of
 from .prune import MaskKeeper
 
 REPORT_FILE = "optimize.json"
@@ -119,10 +119,3 @@ def optimize_model(
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=2, default=str))
     return report
-
-
-def artifact_size(folder: Path) -> int:
-    """Bytes of the weights/graphs directly in `folder` (safetensors, onnx, pt), not sub-folders."""
-    return sum(
-        p.stat().st_size for p in folder.glob("*") if p.suffix in (".safetensors", ".onnx", ".pt", ".data")
-    )
