@@ -48,16 +48,33 @@ def transcribe(
     if runner is None:
         device = device or pick_device()
         runner = TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
-    samples = [LineSample(p, "", None, p, p) for p in images]
+    # Lines of similar shape decode together: a batch runs until its longest reading ends, and a
+    # line's width-to-height ratio is the best cheap guess of its length in characters.
+    order = sorted(range(len(images)), key=lambda i: _aspect(images[i]))
+    samples = [LineSample(images[i], "", None, images[i], images[i]) for i in order]
     dataset = LineDataset(samples, bundle.image_processor, bundle.tokenizer, with_labels=False)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )
     settings = DecodeSettings.from_eval(bundle, cfg, max_new_tokens)
-    predictions: list[Prediction] = []
+    decoded: list[Prediction] = []
     start = time.perf_counter()
     for batch in loader:
-        predictions.extend(runner.generate_batch(batch["pixel_values"], settings))
+        decoded.extend(runner.generate_batch(batch["pixel_values"], settings))
         if progress:
-            progress(len(predictions), len(samples))
+            progress(len(decoded), len(samples))
+    predictions: list[Prediction] = [decoded[0]] * len(decoded)
+    for position, index in enumerate(order):
+        predictions[index] = decoded[position]
     return predictions, time.perf_counter() - start
+
+
+def _aspect(path: str) -> float:
+    """Width / height from the image header (0 when unreadable: the loader then names the file)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.width / max(1, im.height)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0.0
