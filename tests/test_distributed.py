@@ -108,8 +108,14 @@ def test_transcribe_on_two_gloo_processes_equals_one(tmp_path: Path) -> None:
         assert proc.stdout.count("3 pages of 4 ALTO/PAGE files, 9 lines read") == 1, proc.stdout
         assert proc.stdout.count("page image not found") == 1
         if fmt == "jsonl":
-            assert (out / JSONL_NAME).read_text() == (alone / JSONL_NAME).read_text()
-            pages_read = [json.loads(line)["page"] for line in (out / JSONL_NAME).read_text().splitlines()]
-            assert pages_read == sorted(pages_read)  # input order
+            two, one = (
+                [json.loads(line) for line in (folder / JSONL_NAME).read_text().splitlines()]
+                for folder in (out, alone)
+            )
+            # The same lines in the same order with the same texts; confidences up to float noise
+            # (the processes run with other thread counts than this one).
+            assert [{**r, "confidence": None} for r in two] == [{**r, "confidence": None} for r in one]
+            assert [r["confidence"] for r in two] == pytest.approx([r["confidence"] for r in one], abs=1e-5)
+            assert [r["page"] for r in two] == sorted(r["page"] for r in two)  # input order
         else:
             assert sorted(p.name for p in out.glob("*.xml")) == ["p1.xml", "p2.xml", "p3.xml"]

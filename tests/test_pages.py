@@ -235,17 +235,17 @@ def test_alto_filled_ids_and_attributes_kept(pages_dir: Path, tmp_path: Path, en
 def test_lines_cropped_as_the_layout_crops_them(
     pages_dir: Path, tmp_path: Path, engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import trocr_tune.predict as predict
+    import trocr_tune.decoding as decoding
     from trocr_tune.data.reader import read_dataset
 
     decoded: list[str] = []
-    real = predict.transcribe
+    real = decoding.transcribe
 
     def spy(bundle: Any, images: list[str], *args: Any, **kwargs: Any) -> Any:
         decoded.extend(images)
         return real(bundle, images, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "transcribe", spy)
+    monkeypatch.setattr(decoding, "transcribe", spy)
     crop = ("data.crop_padding=0", "data.polygon_mask=true")
     page = pages_dir / "alto" / "a1.xml"
     transcribe_files(*engine, [page], _cfg(tmp_path, *crop), TranscribeOptions(out=tmp_path / "o"))
