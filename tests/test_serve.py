@@ -34,7 +34,7 @@ from trocr_tune.serve import API_KEY_ENV, ServeSettings, model_decoder
 from trocr_tune.serve.app import create_app
 
 from conftest import line_image
-from serving import ALTO, PAGE, Server, call, multipart, page_image, readings
+from serving import ALTO, PAGE, Server, by_width, call, multipart, page_image, readings
 
 MODEL = "trocr-tune/base-htr"  # the shipped 0.9M-parameter base: real decoding, fast on CPU
 WORDS = ["uno", "dos tres", "cuatro", "cinco seis siete", "ocho", "nueve diez", "once", "doce trece"]
@@ -414,15 +414,6 @@ def test_cli_serve_stops_with_one_line_when_the_model_cannot_load(
     assert "serve reads only eval.*" in capsys.readouterr().err
 
 
-def _by_width(paths: list[str]) -> list[Prediction]:
-    """A stand-in model that reads an image as its width: every line's right answer is known."""
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            out.append(Prediction(str(im.width), -0.1))
-    return out
-
-
 @pytest.mark.parametrize("swap", [False, True], ids=["right", "swapping"])
 def test_load_test_client_tells_right_answers_from_swapped_ones(
     cfg: Config, tmp_path: Path, swap: bool
@@ -433,7 +424,7 @@ def test_load_test_client_tells_right_answers_from_swapped_ones(
     texts = {p.name: str(40 + 7 * i) for i, p in enumerate(lines)}
 
     def decode(paths: list[str]) -> list[Prediction]:
-        answers = _by_width(paths)
+        answers = by_width(paths)
         return answers[::-1] if swap else answers  # a batcher that mixed up its lines
 
     with Server(app_for(cfg, decode, max_wait_ms=5)) as server:

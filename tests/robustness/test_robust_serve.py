@@ -19,21 +19,12 @@ import pytest
 from PIL import Image
 
 from trocr_tune.config import load_config
-from trocr_tune.decoding import Prediction
 from trocr_tune.serve.app import create_app
 from trocr_tune.serve.settings import ServeSettings
 
-from serving import Server, call, multipart
+from serving import Server, by_width, call, multipart
 
 pytest.importorskip("fastapi")
-
-
-def by_width(paths: list[str]) -> list[Prediction]:
-    out = []
-    for path in paths:
-        with Image.open(path) as im:
-            out.append(Prediction(str(im.width), -0.1))
-    return out
 
 
 @pytest.fixture
