@@ -25,6 +25,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_char_checkpoint(tmp_path_factory.mktemp("ckpt") / "model", [LETTERS], height=16, width=64)
 
 
+def manifest_with_a_truncated_image(root: Path, missing: bool = False) -> Path:
+    """A manifest of 3 readable test lines, (with `missing`) one whose image is gone, and one whose
+    image is truncated: its header reads fine, so only decoding finds it."""
+    rows = []
+    for i in range(3):
+        line_image(root / f"{i}.png", "abc", size=(48, 16))
+        rows.append({"image": f"{i}.png", "text": "abc", "split": "test"})
+    if missing:
+        rows.append({"image": "gone.png", "text": "missing", "split": "test"})
+    truncated_image(root / "cut.png")
+    rows.append({"image": "cut.png", "text": "cut", "split": "test"})
+    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return root
+
+
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
     with pytest.raises(SystemExit) as done:
@@ -36,15 +51,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_row04_evaluate_reports_every_line_it_could_not_score(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = tmp_path / "data"
-    rows = []
-    for i in range(3):
-        line_image(root / f"{i}.png", "abc", size=(48, 16))
-        rows.append({"image": f"{i}.png", "text": "abc", "split": "test"})
-    rows.append({"image": "gone.png", "text": "missing", "split": "test"})
-    truncated_image(root / "cut.png")  # its header reads fine: only decoding finds it
-    rows.append({"image": "cut.png", "text": "cut", "split": "test"})
-    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    root = manifest_with_a_truncated_image(tmp_path / "data", missing=True)
     report = tmp_path / "report"
     code, out, err = run(
         capsys, "evaluate", str(checkpoint), "data.layout=manifest", f"data.root={root}", "--out", str(report)
@@ -144,14 +151,7 @@ def test_row09_benchmark_leaves_out_lines_whose_images_do_not_decode(
     from trocr_tune.benchmark import Settings, benchmark
     from trocr_tune.config import load_config
 
-    root = tmp_path / "data"
-    rows = []
-    for i in range(3):
-        line_image(root / f"{i}.png", "abc", size=(48, 16))
-        rows.append({"image": f"{i}.png", "text": "abc", "split": "test"})
-    truncated_image(root / "cut.png")  # passes the header check the reader makes
-    rows.append({"image": "cut.png", "text": "cut", "split": "test"})
-    (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    root = manifest_with_a_truncated_image(tmp_path / "data")
     cfg = load_config(None, ["data.layout=manifest", f"data.root={root}", "data.split=test"])
     settings = Settings(batch_size=2, runs=1, latency_lines=1, device="cpu")
     result = benchmark(str(checkpoint), cfg, [], tmp_path / "bench", settings, isolate=False)
