@@ -50,6 +50,9 @@ class Settings:
     latency_lines: int = 16
     device: str = "auto"
     threads: int | None = None
+    # A variant "pays" when it reads >= pays_at x fp32's lines/s with CER within parity_cer of fp32.
+    pays_at: float = 1.3
+    parity_cer: float = 0.002
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Row:
     peak_rss_bytes: int
     train_seconds_per_epoch: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -178,7 +182,11 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
         runner.generate_batch(lines[i : i + 1], decode)
         latency.append((time.perf_counter() - start) * 1000)
     stats = getattr(runner, "compile_stats", None)
+    facts = (
+        profile_baseline(runner, batches, decode, statistics.median(times)) if spec.name == BASELINE else None
+    )
     return {
+        "facts": facts,
         "predictions": [(p.text, p.confidence) for p in predictions],
         "times": times,
         "latency_ms": latency,
@@ -192,6 +200,46 @@ def measure_variant(job: dict[str, Any]) -> dict[str, Any]:
         "notes": {"compile": stats.as_dict()} if stats is not None else {},
         "threads": torch.get_num_threads(),
     }
+
+
+LINEAR_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation")
+CONV_OPS = (
+    "aten::mkldnn_convolution",
+    "aten::_slow_conv2d_forward",
+    "aten::thnn_conv2d",
+    "aten::cudnn_convolution",
+    "aten::_nnpack_spatial_convolution",
+)
+
+
+def profile_baseline(
+    runner: Any, batches: list[torch.Tensor], decode: DecodeSettings, seconds: float
+) -> dict[str, Any]:
+    """Where fp32's time goes, the facts each variant's `why_not` reasons from: the encoder's share
+    of a full pass, and the shares of one profiled batch spent in Linear-layer products,
+    convolutions and all operators (the rest is Python and framework overhead)."""
+    from .runtime import cpu_has_int8_dot, cpu_has_native_bf16
+
+    facts: dict[str, Any] = {"int8_dot": cpu_has_int8_dot(), "native_bf16": cpu_has_native_bf16()}
+    model = getattr(runner, "model", None)
+    if model is None:
+        return facts
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for batch in batches:
+            model.encoder(pixel_values=batch.to(runner.device))
+        facts["encoder_share"] = min(1.0, (time.perf_counter() - start) / seconds)
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=activities) as prof:
+            start = time.perf_counter()
+            runner.generate_batch(batches[0], decode)
+            wall_us = (time.perf_counter() - start) * 1e6
+    events = prof.key_averages()
+    own = {e.key: e.self_cpu_time_total for e in events}
+    facts["linear_share"] = min(1.0, sum(own.get(k, 0) for k in LINEAR_OPS) / wall_us)
+    facts["conv_share"] = min(1.0, sum(own.get(k, 0) for k in CONV_OPS) / wall_us)
+    facts["op_share"] = min(1.0, sum(own.values()) / wall_us)
+    return facts
 
 
 def _fresh_process_context() -> multiprocessing.context.BaseContext:
@@ -299,6 +347,7 @@ def benchmark(
             }
             shared_graphs.update(_run_isolated(export_job, isolate, export_shared_graphs))
         rows = []
+        facts: dict[str, Any] = {}
         for spec in runnable:
             if progress:
                 progress(spec.label)
@@ -315,6 +364,8 @@ def benchmark(
             result = _run_isolated(job, isolate)
             predictions = [Prediction(t, c) for t, c in result["predictions"]]
             report = score_predictions(samples, predictions, cfg.eval, statistics.median(result["times"]))
+            if result["facts"] is not None:
+                facts = result["facts"]
             rows.append(
                 Row(
                     spec.label,
@@ -327,6 +378,7 @@ def benchmark(
                     result["peak_rss_bytes"],
                     result["train_seconds_per_epoch"],
                     {**result["notes"], "threads": result["threads"]},
+                    [p.text for p in predictions],
                 )
             )
     environment = {
@@ -350,6 +402,9 @@ def benchmark(
         },
         "isolated_processes": isolate,
         "left_out": left_out,  # image -> why it was not benchmarked
+        "baseline_profile": facts,  # where fp32's time goes (the "does it pay?" reasons)
+        "pays_at": settings.pays_at,
+        "parity_cer": settings.parity_cer,
     }
     outcome = BenchmarkResult(rows, len(samples), environment, skipped, {})
     outcome.files = write_outputs(outcome, out)
@@ -363,15 +418,49 @@ RATIO_KEYS = ("lines_per_second", "latency_p50_ms", "size_mb", "peak_rss_mb", "c
 def table(result: BenchmarkResult) -> list[dict[str, Any]]:
     """One dict per variant: its figures and, for each key in RATIO_KEYS, its ratio to the baseline."""
     base = result.rows[0].summary(result.n)
+    reference = result.rows[0].texts
     out = []
     for row in result.rows:
         s = row.summary(result.n)
         record: dict[str, Any] = {"variant": row.label, **s}
+        same = sum(a == b for a, b in zip(row.texts, reference, strict=False))
+        record["same_text"] = same / len(reference) if reference and row.texts else None
         for key in RATIO_KEYS:
             record[f"{key}_ratio"] = _ratio(s[key], base[key])
         record["warmup_seconds"] = row.warmup_seconds
         record["notes"] = row.notes
         out.append(record)
+    return out
+
+
+def verdicts(result: BenchmarkResult) -> list[tuple[str, bool, str]]:
+    """(variant, pays?, one sentence) for each variant: it pays when it reads at least `pays_at` x
+    fp32's lines/s with CER within `parity_cer` of fp32's; otherwise the sentence says why not,
+    from the variant's own reasoning over where fp32's time went (the baseline profile)."""
+    env = result.environment
+    pays_at, parity = env["pays_at"], env["parity_cer"]
+    facts = env.get("baseline_profile") or {}
+    rows = table(result)
+    out = []
+    for record, row in zip(rows[1:], result.rows[1:], strict=True):
+        speed, delta = record["lines_per_second_ratio"], record["cer"] - rows[0]["cer"]
+        same = record["same_text"]
+        measured = f"{_fmt(speed)}x lines/s, CER {delta:+.4f}" + (
+            f", {same:.0%} of lines read as fp32 reads them" if same is not None else ""
+        )
+        at_parity = abs(delta) <= parity
+        if speed is not None and speed >= pays_at and at_parity:
+            out.append((record["variant"], True, f"pays: {measured}"))
+            continue
+        reasons = []
+        if not at_parity:
+            reasons.append(f"its CER differs from fp32's by more than {parity}")
+        if speed is None or speed < pays_at:
+            why = (
+                get_variant(row.variant).why_not(facts) if {"linear_share", "op_share"} <= set(facts) else ""
+            )
+            reasons.append(f"slower than {pays_at}x" + (f": {why}" if why else ""))
+        out.append((record["variant"], False, f"does not pay ({measured}): " + "; ".join(reasons)))
     return out
 
 
@@ -391,7 +480,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 COLUMNS = (
-    "| variant | CER | WER | mean sim. | exact | test time s (spread) | lines/s "
+    "| variant | CER | WER | mean sim. | exact | same text as fp32 | test time s (spread) | lines/s "
     "| latency p50 / p95 ms (batch 1) | size MB | peak RSS MB | train s/epoch |"
 )
 
@@ -408,6 +497,7 @@ def _markdown_row(r: dict[str, Any]) -> str:
         _fmt(r["wer"], 4),
         _fmt(r["mean_similarity"], 4),
         _fmt(r["exact_match"], 3),
+        "-" if r["same_text"] is None else f"{r['same_text']:.1%}",
         f"{_fmt(r['test_seconds'], 3)} ({_fmt(r['test_seconds_spread'], 3)})",
         _with_ratio(r, _fmt(r["lines_per_second"], 1), "lines_per_second"),
         _with_ratio(r, f"{_fmt(r['latency_p50_ms'], 1)} / {_fmt(r['latency_p95_ms'], 1)}", "latency_p50_ms"),
@@ -435,6 +525,22 @@ def markdown(result: BenchmarkResult) -> str:
         "\ntrain s/epoch: the training that produced the weights the variant runs (the fine-tune for "
         "pruned artifacts fine-tuned by `optimize --finetune`, otherwise the fp32 model's own training).",
     ]
+    facts = env.get("baseline_profile") or {}
+    if "op_share" in facts:
+        lines.append(
+            f"\nWhere fp32's time goes: encoder {facts['encoder_share']:.0%} of a full pass; in one "
+            f"profiled batch, Linear-layer products {facts['linear_share']:.0%}, convolutions "
+            f"{facts['conv_share']:.0%}, all operators {facts['op_share']:.0%} (the rest is Python and "
+            "framework overhead). This CPU has "
+            f"{'' if facts['native_bf16'] else 'no '}native bf16 and {'' if facts['int8_dot'] else 'no '}"
+            "VNNI/AMX int8 instructions."
+        )
+    if len(rows) > 1:
+        lines.append(
+            f"\nDoes it pay? (>= {env['pays_at']}x fp32's lines/s with CER within "
+            f"{env['parity_cer']} of fp32's)"
+        )
+        lines += [f"- {label}: {text}." for label, _, text in verdicts(result)]
     lines += [f"\nSkipped {label}: {reason}." for label, reason in result.skipped.items()]
     left_out = env.get("left_out") or {}
     if left_out:
@@ -470,6 +576,7 @@ def write_outputs(result: BenchmarkResult, out: Path) -> dict[str, Path]:
     payload = {
         "environment": result.environment,
         "rows": rows,
+        "verdicts": [{"variant": v, "pays": pays, "why": text} for v, pays, text in verdicts(result)],
         "runs": [{"variant": r.label, "times": r.times, "latency_ms": r.latency_ms} for r in result.rows],
         "skipped": result.skipped,
     }

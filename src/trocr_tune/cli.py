@@ -1004,6 +1004,20 @@ def optimize_command(
 )
 @click.option("--threads", type=int, default=None, help="torch / ONNX Runtime threads (default: torch's).")
 @click.option(
+    "--pays-at",
+    default=1.3,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="A variant pays when it reads at least this many times fp32's lines/s at parity.",
+)
+@click.option(
+    "--parity-cer",
+    default=0.002,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Parity: the variant's CER is within this of fp32's.",
+)
+@click.option(
     "--no-isolate",
     is_flag=True,
     help="Run variants in this process instead of one fresh process each (peak RSS then accumulates).",
@@ -1019,6 +1033,8 @@ def benchmark_command(
     latency_lines: int,
     device: str,
     threads: int | None,
+    pays_at: float,
+    parity_cer: float,
     no_isolate: bool,
 ) -> None:
     """Run the fp32 baseline and each variant on the same split and write one table.
@@ -1027,12 +1043,14 @@ def benchmark_command(
     (median of the timed runs, spread), lines/s, batch-1 latency p50/p95, model size on disk,
     peak RSS, training time per epoch for fine-tuned variants, and ratios to the baseline.
     Variants that cannot run on the chosen device are listed as skipped, never mixed into
-    another device's table. CONFIG_HELP
+    another device's table. Below the table, "Does it pay?" says for each variant whether it
+    reaches --pays-at x fp32's lines/s at parity, and if not, why, from a profile of where fp32's
+    time goes (encoder share, Linear layers, convolutions, framework overhead). CONFIG_HELP
     """
     from .benchmark import Settings, benchmark, markdown
 
     cfg = config_from_args(args)
-    settings = Settings(batch_size, runs, warmup, latency_lines, device, threads)
+    settings = Settings(batch_size, runs, warmup, latency_lines, device, threads, pays_at, parity_cer)
     result = benchmark(
         model_path,
         cfg,

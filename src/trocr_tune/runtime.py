@@ -19,6 +19,17 @@ def cpu_has_native_bf16() -> bool:
     return bool(amx is not None and amx())
 
 
+@lru_cache(maxsize=1)
+def cpu_has_int8_dot() -> bool:
+    """True on CPUs with int8 dot-product instructions (AVX512-VNNI / AVX-VNNI or AMX), where int8
+    matrix products run several times faster than fp32 ones; AVX2 alone emulates them."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe is not None and probe()) or (amx is not None and amx()))
+
+
 def resolve_precision(requested: str, device: str | None = None) -> str:
     """`auto` -> bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
     import torch

@@ -52,7 +52,14 @@ class Variant:
             return f"runs on {'/'.join(self.devices)}, this table is {device.type}"
         if self.requires and importlib.util.find_spec(self.requires[0]) is None:
             return f"{self.requires[0]} not installed (pip install 'trocr-tune[{self.requires[1]}]')"
-        return None
+        own = getattr(self._module(), "unavailable", None)  # e.g. bf16 on a CPU without native bf16
+        return own(device, **dict(self.options)) if own else None
+
+    def why_not(self, facts: dict[str, Any]) -> str:
+        """Why this variant does not beat fp32 here, from the baseline's measured `facts` (its
+        module's `why_not`, e.g. the share of time its change touches)."""
+        own = getattr(self._module(), "why_not", None)
+        return str(own(facts, **dict(self.options))) if own else ""
 
     def apply(self, bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> Runner:
         if device.type not in self.devices:
@@ -203,6 +210,11 @@ _ALL = [
         requires=("onnxruntime", "onnx"),
     ),
 ]
+
+
+def at_most(share: float) -> float:
+    """The most a change can speed up a whole that it makes free in `share` of its time (Amdahl)."""
+    return float("inf") if share >= 1 else 1 / (1 - share)
 
 
 def artifact_size(folder: Path) -> int:

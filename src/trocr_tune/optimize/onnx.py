@@ -241,3 +241,23 @@ def load_onnx_runner(folder: Path, bundle: ModelBundle, device: torch.device) ->
     if not (folder / ENCODER_FILE).is_file():
         raise UserError(f"{folder}: {ENCODER_FILE} missing; re-run trocr-tune optimize --variant onnx")
     return OnnxRunner(folder, bundle)
+
+
+def why_not(facts: dict[str, Any], int8: bool) -> str:
+    """Why the ONNX Runtime graphs do not pay, from the baseline's measured time shares."""
+    from . import at_most
+
+    outside = 1 - facts["op_share"]
+    parts = []
+    if int8:
+        parts.append(
+            f"ONNX Runtime's int8 covers MatMul/Gemm only ({facts['linear_share']:.0%} of fp32's time here), "
+            "convolutions stay fp32 and every decoder step quantizes its activations anew"
+        )
+        if not facts.get("int8_dot"):
+            parts.append("this CPU has no VNNI/AMX int8 instructions")
+    parts.append(
+        "ONNX Runtime saves the overhead around the operators, not their arithmetic: fp32 spends "
+        f"{outside:.0%} of its time outside its operators here (at most {at_most(outside):.2f}x if that went)"
+    )
+    return "; ".join(parts)

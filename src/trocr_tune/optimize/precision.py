@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..config import OptimizeConfig
@@ -15,9 +17,25 @@ def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, dtype:
     """The model under autocast to `dtype` ("bfloat16", "float16"; None: plain fp32). Weights stay
     fp32: autocast runs matrix products in low precision, reductions (softmax, norms) in fp32."""
     autocast = getattr(torch, dtype) if dtype else None
-    if autocast == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-        raise UserError("bf16 on this CPU would be emulated (no AVX512-BF16 / AMX): use fp32 or int8-dynamic")
+    reason = unavailable(device, dtype)
+    if reason:
+        raise UserError(f"{reason}: use fp32 or int8-dynamic")
     if autocast == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("this GPU has no bf16 support: use fp16")
     model = on_device(bundle.model, device)
     return TorchRunner(model, bundle.tokenizer, device, autocast=autocast)
+
+
+def unavailable(device: torch.device, dtype: str | None) -> str | None:
+    """Emulated bf16 is many times slower than fp32 (docs/benchmark.md): refused, and said why."""
+    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX), so autocast would emulate it in software"
+    return None
+
+
+def why_not(facts: dict[str, Any], dtype: str | None) -> str:
+    matrix = facts["linear_share"] + facts["conv_share"]
+    return (
+        f"autocast speeds up only matrix products and convolutions ({matrix:.0%} of fp32's time here) "
+        "and casts their weights at every call"
+    )

@@ -46,3 +46,17 @@ def saved_bytes(runner: TorchRunner) -> int:
     buffer = io.BytesIO()
     torch.save(runner.model.state_dict(), buffer)
     return buffer.getbuffer().nbytes
+
+
+def why_not(facts: dict[str, Any]) -> str:
+    """Why int8 does not pay, from the baseline's measured time shares."""
+    from . import at_most
+
+    linear, conv = facts["linear_share"], facts["conv_share"]
+    parts = [f"int8 replaces only the Linear layers, {linear:.0%} of fp32's time here"]
+    if conv >= 0.05:
+        parts.append(f"the convolutions ({conv:.0%}) stay fp32")
+    parts.append(f"so even free Linear layers would give at most {at_most(linear):.2f}x")
+    if not facts.get("int8_dot"):
+        parts.append("and this CPU has no VNNI/AMX int8 instructions, so int8 products gain little over fp32")
+    return "; ".join(parts)
