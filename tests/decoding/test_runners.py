@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from PIL import Image
 
@@ -66,3 +67,26 @@ def test_the_runner_uses_it_for_beams_only(monkeypatch: Any) -> None:
     # A generation config that builds its own cache keeps it.
     bundle.model.generation_config.cache_implementation = "static"
     assert beam_cache(bundle.model) is None
+
+
+def test_fused_beams_score_each_reading_by_the_decoder_alone() -> None:
+    """With LM fusion the search's scores include the LM; the runner reads the decoder's own
+    per-token log-probabilities off its raw logits along each beam. They equal a teacher-forced
+    decoder pass over the chosen reading (the confidence is their mean over tokens + eos)."""
+    from trocr_tune.decoding.runners import decoder_log_likelihood
+
+    bundle = load_bundle("trocr-tune/base-htr")
+    assert bundle.char_lm is not None
+    pixels = _real_pixels(bundle, 4)
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    cfg = EvalConfig(num_beams=4, lm_fusion=0.5, lm_weight=0.25, ctc_rescore=0.5, rescore_length_bonus=1.0)
+    predictions = runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, cfg, 60))
+    tok = bundle.tokenizer
+    with torch.inference_mode():
+        states = bundle.model.encoder(pixel_values=pixels).last_hidden_state
+        for i, prediction in enumerate(predictions):
+            row = tok(prediction.text, add_special_tokens=False)["input_ids"]
+            own = decoder_log_likelihood(
+                bundle.model, states[i : i + 1], [row], tok.eos_token_id, tok.pad_token_id
+            )
+            assert prediction.confidence == pytest.approx(float(own[0]) / (len(row) + 1), abs=1e-4)

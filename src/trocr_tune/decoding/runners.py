@@ -191,39 +191,28 @@ class TorchRunner:
                 inputs: dict[str, Any] = {"encoder_outputs": BaseModelOutput(last_hidden_state=states)}
             else:
                 inputs = {"pixel_values": pixels}
+            if fused:
+                kwargs["output_logits"] = True  # the decoder's own scores, before the LM is added
             out = self.model.generate(
                 **inputs,
                 output_scores=True,
                 return_dict_in_generate=True,
                 **kwargs,
             )
+            # With fusion the search's scores include the language model: the decoder's own
+            # log-probabilities (its raw logits, followed along each beam) are put back, so
+            # rescoring and confidences mean what they mean without fusion.
             scores = self.model.compute_transition_scores(
-                out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True
+                out.sequences,
+                out.logits if fused else out.scores,
+                getattr(out, "beam_indices", None),
+                normalize_logits=True,
             )
             generated = out.sequences[:, -scores.shape[1] :].tolist()
             logprobs = scores.float().cpu()
-            if fused:
-                # The search's scores include the language model: put the decoder's own back, so
-                # rescoring and confidences mean what they mean without fusion.
-                per_image = beams if rescoring else 1
-                logprobs = self._decoder_token_logprobs(states, generated, logprobs.shape[1], per_image)
             if rescoring:
                 generated, logprobs = self._rescore(pixels, states, generated, logprobs, beams, rescore)
         return decode_predictions(self.tokenizer, generated, logprobs)
-
-    def _decoder_token_logprobs(
-        self, states: torch.Tensor, generated: list[list[int]], width: int, rows_per_image: int
-    ) -> torch.Tensor:
-        """Teacher-forced decoder log-probability of each generated token (its eos included)."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ends = [sequence_end(ids, eos, pad) for ids in generated]
-        rows = [ids[:n_text] for ids, (n_text, _) in zip(generated, ends, strict=True)]
-        per_token = decoder_log_likelihood(self.model, states, rows, eos, pad, rows_per_image, per_token=True)
-        out = torch.zeros((len(rows), width), dtype=torch.float32)
-        for i, (_, n_scored) in enumerate(ends):
-            k = min(n_scored, width, per_token.shape[1])
-            out[i, :k] = per_token[i, :k]
-        return out
 
     def _rescore(
         self,
