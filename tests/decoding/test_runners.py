@@ -1,5 +1,6 @@
-"""decoding/runners.py: beam search with a cache whose reordering leaves the cross-attention part
-in place reads exactly what `generate`'s own cache reads, on the shipped base and real lines."""
+"""decoding/runners.py: beam search that keeps one copy of each image's cross-attention keys and
+values (neither reordered nor read once per beam) reads what `generate`'s own cache reads, on the
+shipped base and real lines, and on a hub-shaped TrOCR."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from PIL import Image
 
 from trocr_tune.config import EvalConfig
 from trocr_tune.decoding import DecodeSettings
-from trocr_tune.decoding.runners import SelfAttentionReorderedCache, TorchRunner, beam_cache
+from trocr_tune.decoding.runners import (
+    SelfAttentionReorderedCache,
+    TorchRunner,
+    beam_cache,
+    beams_share_cross_attention,
+)
 from trocr_tune.model.loading import load_bundle
 
 LINES = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
@@ -47,6 +53,41 @@ def test_beams_with_the_cross_attention_left_in_place_equal_generates_own_cache(
     assert torch.equal(plain.sequences, shared.sequences)
     assert torch.equal(plain.sequences_scores, shared.sequences_scores)
     assert plain.sequences.shape[0] == 24 and len(set(map(tuple, plain.sequences.tolist()))) > 6
+
+    # And with the beams of an image attending to one copy of its keys and values: the same beams,
+    # scores equal up to float rounding (other matrix shapes), one cache row per image.
+    cache = beam_cache(bundle.model)
+    attention = bundle.model.decoder.model.decoder.layers[0].encoder_attn
+    with torch.inference_mode(), beams_share_cross_attention(bundle.model, 4) as applies:
+        one_copy = bundle.model.generate(
+            pixel_values=pixels,
+            num_return_sequences=4,
+            output_scores=True,
+            return_dict_in_generate=True,
+            cache=cache,
+            **kwargs,
+        )
+        assert applies and "forward" in vars(attention)
+    assert "forward" not in vars(attention)  # the module's own forward is back
+    assert cache is not None and cache.cross_attention_cache.layers[0].keys.shape[0] == 6
+    assert torch.equal(plain.sequences, one_copy.sequences)
+    assert torch.allclose(plain.sequences_scores, one_copy.sequences_scores, atol=1e-5)
+
+
+def test_a_hub_shaped_trocr_reads_the_same_beams(tmp_path: Path) -> None:
+    """microsoft/trocr-*'s shape (ViT encoder, BPE tokenizer, start token </s>): the runner's beams
+    (one copy of the cross-attention per image) equal plain `generate`'s."""
+    from builders import build_roberta_style_checkpoint
+
+    bundle = load_bundle(build_roberta_style_checkpoint(tmp_path / "hub"))
+    torch.manual_seed(0)
+    pixels = torch.rand(3, 3, 64, 64) * 2 - 1
+    settings = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=3), 12)
+    with torch.inference_mode():
+        plain = bundle.model.generate(pixel_values=pixels, **settings.generate_kwargs())
+    got = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu")).generate_batch(pixels, settings)
+    want = bundle.tokenizer.batch_decode(plain, skip_special_tokens=True)
+    assert [p.text for p in got] == [t.strip() for t in want]
 
 
 def test_the_runner_uses_it_for_beams_only(monkeypatch: Any) -> None:

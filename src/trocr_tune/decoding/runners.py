@@ -139,6 +139,78 @@ def beam_cache(model: Any) -> SelfAttentionReorderedCache | None:
     return SelfAttentionReorderedCache(DynamicCache(), DynamicCache())
 
 
+def _beam_shared_forward(attn: Any, beams: int) -> Any:
+    """A forward for one TrOCR cross-attention module during beam search: the keys and values are
+    computed and kept once per image (its beams are consecutive rows with the same encoder output)
+    and every beam's query attends to them, instead of `beams` copies read at every step."""
+    original = attn.forward
+    heads, head_dim = attn.num_heads, attn.head_dim
+
+    def forward(
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        cache: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        rows, length, _ = hidden_states.shape
+        if (
+            key_value_states is None
+            or attention_mask is not None
+            or output_attentions
+            or attn.training
+            or rows % beams
+            or not isinstance(cache, EncoderDecoderCache)
+        ):
+            return original(
+                hidden_states,
+                key_value_states=key_value_states,
+                cache=cache,
+                attention_mask=attention_mask,
+                output_attentions=output_attentions,
+                **kwargs,
+            )
+        images = rows // beams
+        store = cache.cross_attention_cache
+        if cache.is_updated.get(attn.layer_idx):
+            keys, values = store.layers[attn.layer_idx].keys, store.layers[attn.layer_idx].values
+        else:
+            source = key_value_states[::beams]
+            keys = attn.k_proj(source).view(images, -1, heads, head_dim).transpose(1, 2)
+            values = attn.v_proj(source).view(images, -1, heads, head_dim).transpose(1, 2)
+            keys, values = store.update(keys, values, attn.layer_idx)
+            cache.is_updated[attn.layer_idx] = True
+        query = attn.q_proj(hidden_states) * attn.scaling
+        query = query.view(images, beams * length, heads, head_dim).transpose(1, 2)
+        weights = torch.softmax(query @ keys.transpose(-1, -2), dim=-1)
+        out = (weights @ values).transpose(1, 2).reshape(rows, length, heads * head_dim)
+        return attn.out_proj(out), None
+
+    return forward
+
+
+@contextlib.contextmanager
+def beams_share_cross_attention(model: Any, beams: int) -> Iterator[bool]:
+    """During one beam search, the TrOCR decoder's cross-attention reads each image's keys and
+    values once for all its beams (the beam cache then holds one row per image). Yields whether it
+    applies: TrOCR decoders run eagerly; anything else decodes as before."""
+    decoder = getattr(getattr(model.decoder, "model", None), "decoder", None)
+    needed = ("num_heads", "head_dim", "scaling", "layer_idx", "k_proj", "q_proj", "v_proj", "out_proj")
+    modules: list[Any] = [getattr(layer, "encoder_attn", None) for layer in getattr(decoder, "layers", [])]
+    compiled = getattr(model.decoder, "_compiled_call_impl", None) is not None
+    if not modules or compiled or not all(all(hasattr(m, a) for a in needed) for m in modules):
+        yield False
+        return
+    for module in modules:
+        module.forward = _beam_shared_forward(module, beams)
+    try:
+        yield True
+    finally:
+        for module in modules:
+            del module.forward
+
+
 class TorchRunner:
     """A (possibly modified) Transformers model decoded with `generate`, optionally under autocast."""
 
@@ -193,12 +265,14 @@ class TorchRunner:
                 inputs = {"pixel_values": pixels}
             if fused:
                 kwargs["output_logits"] = True  # the decoder's own scores, before the LM is added
-            out = self.model.generate(
-                **inputs,
-                output_scores=True,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
+            sharing = beams_share_cross_attention(self.model, beams) if cache is not None else None
+            with sharing or contextlib.nullcontext():
+                out = self.model.generate(
+                    **inputs,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                    **kwargs,
+                )
             # With fusion the search's scores include the language model: the decoder's own
             # log-probabilities (its raw logits, followed along each beam) are put back, so
             # rescoring and confidences mean what they mean without fusion.
