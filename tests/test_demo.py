@@ -103,7 +103,10 @@ def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) 
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("held-out-hand test CER") and str(out / "report.md") in lines[-1]
     assert "(the base before fine-tuning: " in lines[-1]
-    assert any(line.startswith("| fp32") for line in lines[-15:])
+    assert any(line.startswith("| fp32") for line in lines[-40:])
+    # Below the table, each variant's verdict: it pays, or why not.
+    verdicts = [line for line in lines[-25:] if line.startswith("- ") and "pay" in line]
+    assert any(line.startswith("Does it pay?") for line in lines[-25:]) and verdicts, "\n".join(lines[-40:])
     bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
     names = [row["variant"] for row in bench["rows"]]
     assert names[0] == "fp32" and "int8-dynamic" in names and any(n.startswith("prune-l1") for n in names)
