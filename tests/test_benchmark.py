@@ -160,3 +160,15 @@ def test_benchmark_rejects_an_artifact_as_baseline(tiny_run: Path, words: Path, 
         str(tmp_path / "b"),
     )
     assert bad.returncode == 2 and "neither a variant" in bad.stderr
+
+
+def test_verdicts_on_a_gpu_table_say_the_shares_are_not_profiled() -> None:
+    result = _result(
+        {"fp32": 1.0, "int8-dynamic": 0.9},
+        {"fp32": 0.3, "int8-dynamic": 0.3},
+        {"fp32": ["a"], "int8-dynamic": ["a"]},
+    )
+    result.environment["baseline_profile"] = {"encoder_share": 0.4, "int8_dot": False, "native_bf16": True}
+    [(name, pays, text)] = verdicts(result)
+    assert name == "int8-dynamic" and not pays
+    assert text.endswith("slower than 1.3x: operator time shares are profiled on CPU tables only")
