@@ -131,3 +131,24 @@ def test_fused_beams_score_each_reading_by_the_decoder_alone() -> None:
                 bundle.model, states[i : i + 1], [row], tok.eos_token_id, tok.pad_token_id
             )
             assert prediction.confidence == pytest.approx(float(own[0]) / (len(row) + 1), abs=1e-4)
+
+
+def test_a_convolutional_encoder_reads_channels_last_pixels_to_the_same_result(tmp_path: Path) -> None:
+    """On CPU the shipped base's BiT encoder gets channels-last pixels (oneDNN's layout); a ViT,
+    whose only convolution is its patch embedding, keeps the usual layout. Readings are the same."""
+    from builders import build_roberta_style_checkpoint
+
+    bundle = load_bundle("trocr-tune/base-htr")
+    pixels = _real_pixels(bundle, 6)
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    assert runner.channels_last
+    for beams in (1, 3):
+        settings = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=beams), 60)
+        runner.channels_last = True
+        fast = runner.generate_batch(pixels, settings)
+        runner.channels_last = False
+        usual = runner.generate_batch(pixels, settings)
+        assert [p.text for p in fast] == [p.text for p in usual]
+        assert [p.confidence for p in fast] == pytest.approx([p.confidence for p in usual], abs=1e-5)
+    hub = load_bundle(build_roberta_style_checkpoint(tmp_path / "hub"))
+    assert not TorchRunner(hub.model, hub.tokenizer, torch.device("cpu")).channels_last
