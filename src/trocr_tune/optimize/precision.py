@@ -19,17 +19,20 @@ def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, dtype:
     autocast = getattr(torch, dtype) if dtype else None
     reason = unavailable(device, dtype)
     if reason:
-        raise UserError(f"{reason}: use fp32 or int8-dynamic")
-    if autocast == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU has no bf16 support: use fp16")
+        raise UserError(f"{reason}: use {'fp16' if device.type == 'cuda' else 'fp32 or int8-dynamic'}")
     model = on_device(bundle.model, device)
     return TorchRunner(model, bundle.tokenizer, device, autocast=autocast)
 
 
 def unavailable(device: torch.device, dtype: str | None) -> str | None:
-    """Emulated bf16 is many times slower than fp32 (docs/benchmark.md): refused, and said why."""
-    if dtype == "bfloat16" and device.type == "cpu" and not cpu_has_native_bf16():
+    """bf16 where the hardware lacks it is refused, and said why (the benchmark then skips it):
+    emulated bf16 on a CPU is many times slower than fp32 (docs/benchmark.md)."""
+    if dtype != "bfloat16":
+        return None
+    if device.type == "cpu" and not cpu_has_native_bf16():
         return "this CPU has no native bf16 (AVX512-BF16 or AMX), so autocast would emulate it in software"
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bf16 support"
     return None
 
 
