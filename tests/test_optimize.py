@@ -71,6 +71,14 @@ def test_lossy_variants_within_tolerance(name: str, bundle, images, baseline) ->
     assert difference <= LOSSY_CER_TOLERANCE, (texts, baseline)
 
 
+def test_the_generate_reference_reads_what_the_engine_reads(bundle, images, baseline) -> None:
+    """`generate` (the benchmark's reference row) decodes with Transformers' plain generate and
+    its own cache, and reads the same texts as fp32's engine."""
+    runner = VARIANTS["generate"].apply(bundle, OptimizeConfig(), CPU)
+    assert not runner.engine and not runner.fast and not runner.channels_last
+    assert decode(bundle, images, runner) == baseline
+
+
 def test_int8_really_quantizes(bundle) -> None:
     runner = VARIANTS["int8-dynamic"].apply(bundle, OptimizeConfig(), CPU)
     kinds = {type(m).__module__ for m in runner.model.modules()}

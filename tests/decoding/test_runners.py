@@ -102,6 +102,7 @@ def test_the_runner_uses_it_for_beams_only(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(bundle.model, "generate", spy)
     runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    runner.fast = False  # the `generate` path (decoders decoding/search.py does not take)
     for beams in (1, 3):
         runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, EvalConfig(num_beams=beams), 40))
     assert seen[0] is None and isinstance(seen[1], SelfAttentionReorderedCache)

@@ -46,6 +46,8 @@ class CharNgramLM:
         self._total = {h: sum(c.values()) for h, c in follow.items()}
         chars = {g[-1] for g in ngrams}
         self.vocab_size = len(chars | {_EOS})
+        # log p(ch | context) already computed: the beams of a line share most of their contexts.
+        self._memo: dict[tuple[str, str], float] = {}
 
     @classmethod
     def fit(cls, texts: Iterable[str], order: int = 5) -> CharNgramLM:
@@ -91,12 +93,21 @@ class CharNgramLM:
             p = [(c + distinct * q) / (total + distinct) for c, q in zip(counts, p, strict=True)]
         return [math.log(q) for q in p]
 
+    def _log_next(self, context: str, ch: str) -> float:
+        key = (context, ch)
+        value = self._memo.get(key)
+        if value is None:
+            if len(self._memo) > 1_000_000:
+                self._memo.clear()
+            value = self._memo[key] = math.log(self.next_prob(context, ch))
+        return value
+
     def piece_log_prob(self, text: str, piece: str) -> float:
         """log p(piece | text so far), the characters of `piece` one after the other."""
         n, total = self.order - 1, 0.0
         context = _BOS * n + text
         for ch in piece:
-            total += math.log(self.next_prob(context[len(context) - n :] if n else "", ch))
+            total += self._log_next(context[len(context) - n :] if n else "", ch)
             context += ch
         return total
 
@@ -104,7 +115,7 @@ class CharNgramLM:
         """Natural-log probability of `text` as a whole line (its end included)."""
         padded = _BOS * (self.order - 1) + text + _EOS
         n = self.order - 1
-        return sum(math.log(self.next_prob(padded[i - n : i], padded[i])) for i in range(n, len(padded)))
+        return sum(self._log_next(padded[i - n : i], padded[i]) for i in range(n, len(padded)))
 
     def save(self, path: str | Path) -> Path:
         out = Path(path)

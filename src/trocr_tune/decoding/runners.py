@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ..errors import UserError
 from .charlm import END, CharNgramLM
 from .results import Prediction, decode_predictions, sequence_end
+from .search import TrOCRSteps, search
 from .settings import DecodeSettings, Rescoring
 
 
@@ -226,14 +227,24 @@ class TorchRunner:
     """A (possibly modified) Transformers model decoded with `generate`, optionally under autocast."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, device: torch.device, autocast: torch.dtype | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        device: torch.device,
+        autocast: torch.dtype | None = None,
+        engine: bool = True,
     ) -> None:
+        """`engine=False` decodes with Transformers' plain `generate` and its own cache: the
+        reference the engine's speed is measured against (the `generate` variant)."""
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
         self.autocast = autocast
+        self.engine = engine
         self._fusion: CharLMFusion | None = None
-        self.channels_last = device.type == "cpu" and convolutional_encoder(model)
+        self.channels_last = engine and device.type == "cpu" and convolutional_encoder(model)
+        # A TrOCR decoder decodes in decoding/search.py's loop; anything else through `generate`.
+        self.fast = engine and TrOCRSteps.supports(model)
 
     def _fusion_for(self, lm: CharNgramLM, weight: float) -> CharLMFusion:
         """One fusion processor (and table cache) per language model and weight."""
@@ -251,6 +262,8 @@ class TorchRunner:
             yield
 
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
+        if self.fast and not settings.no_repeat_ngram_size:
+            return self._search_batch(pixel_values, settings)
         kwargs = settings.generate_kwargs()
         rescore = settings.rescoring
         fused = settings.fused
@@ -264,7 +277,7 @@ class TorchRunner:
         rescoring = settings.rescores
         if rescoring:
             kwargs["num_return_sequences"] = beams
-        cache = beam_cache(self.model) if beams > 1 else None
+        cache = beam_cache(self.model) if beams > 1 and self.engine else None
         if cache is not None:
             kwargs["cache"] = cache
         with torch.inference_mode(), self._precision():
@@ -300,6 +313,42 @@ class TorchRunner:
             logprobs = scores.float().cpu()
             if rescoring:
                 generated, logprobs = self._rescore(pixels, states, generated, logprobs, beams, rescore)
+        return decode_predictions(self.tokenizer, generated, logprobs)
+
+    def _search_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
+        """The same readings as `generate` (tests/decoding/test_search.py), from decoding/search.py's loop."""
+        config = self.model.generation_config
+        eos = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+        start = config.decoder_start_token_id
+        if start is None:
+            start = self.model.config.decoder_start_token_id
+        pad = config.pad_token_id if config.pad_token_id is not None else self.tokenizer.pad_token_id
+        fusion: CharLMFusion | None = None
+        if settings.fused:
+            assert settings.fusion_lm is not None
+            fusion = self._fusion_for(settings.fusion_lm, settings.fusion_weight)
+        with torch.inference_mode(), self._precision():
+            pixels = pixel_values.to(self.device)
+            if self.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            states = self.model.encoder(pixel_values=pixels).last_hidden_state
+            generated, logprobs = search(
+                TrOCRSteps(self.model),
+                states,
+                beams=settings.num_beams,
+                max_new_tokens=settings.max_new_tokens,
+                start=start,
+                eos=eos,
+                pad=pad,
+                length_penalty=settings.length_penalty,
+                fusion=fusion,
+                fusion_order=fusion.lm.order - 1 if fusion is not None else 0,
+                all_beams=settings.rescores,
+            )
+            if settings.rescores:
+                generated, logprobs = self._rescore(
+                    pixels, states, generated, logprobs, settings.num_beams, settings.rescoring
+                )
         return decode_predictions(self.tokenizer, generated, logprobs)
 
     def _rescore(

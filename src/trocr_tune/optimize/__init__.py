@@ -124,6 +124,14 @@ _ALL = [
         "the model as trained: fp32, eager",
     ),
     Variant(
+        "generate",
+        "reference",
+        (),
+        ("cpu", "cuda"),
+        "checkpoint",
+        "fp32 decoded by Transformers' plain generate: the reference the fp32 engine is measured against",
+    ),
+    Variant(
         "int8-dynamic",
         "quantize",
         (),

@@ -1,0 +1,204 @@
+"""decoding/search.py: the TrOCR search loop reads what `generate` reads (Transformers' own beam
+search is the reference implementation), greedy and beams, with and without LM fusion, on the
+shipped base with real lines and on TrOCR shapes it must also handle."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    GenerationConfig,
+    TrOCRConfig,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+    ViTConfig,
+)
+
+from trocr_tune.config import EvalConfig
+from trocr_tune.decoding import DecodeSettings
+from trocr_tune.decoding.runners import TorchRunner
+from trocr_tune.decoding.search import TrOCRSteps, search
+from trocr_tune.model.loading import load_bundle
+
+LINES = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
+
+
+def _real_pixels(bundle: Any, count: int) -> torch.Tensor:
+    rows = [json.loads(line) for line in (LINES / "manifest.jsonl").read_text("utf-8").splitlines()]
+    images = [Image.open(LINES / r["image"]).convert("RGB") for r in rows if r["split"] == "test"][:count]
+    return bundle.image_processor(images=images, return_tensors="pt").pixel_values
+
+
+def _reference(model: Any, pixels: torch.Tensor, beams: int, max_new_tokens: int, **extra: Any) -> Any:
+    """Plain `generate` (its own cache, no trocr-tune code in the loop): every beam and its scores."""
+    kwargs: dict[str, Any] = {"num_beams": beams, "do_sample": False, "max_length": 1 + max_new_tokens}
+    if beams > 1:
+        kwargs.update(early_stopping=True, length_penalty=1.0, num_return_sequences=beams)
+    with torch.inference_mode():
+        out = model.generate(
+            pixel_values=pixels, output_scores=True, return_dict_in_generate=True, **kwargs, **extra
+        )
+        scores = model.compute_transition_scores(
+            out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=True
+        )
+    return out.sequences[:, 1:], scores
+
+
+def _ours(
+    model: Any, pixels: torch.Tensor, beams: int, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    config = model.generation_config
+    with torch.inference_mode():
+        states = model.encoder(pixel_values=pixels).last_hidden_state
+        ids, logp = search(
+            TrOCRSteps(model),
+            states,
+            beams=beams,
+            max_new_tokens=max_new_tokens,
+            start=config.decoder_start_token_id,
+            eos=config.eos_token_id,
+            pad=config.pad_token_id,
+            all_beams=beams > 1,
+        )
+    return torch.tensor(ids), logp
+
+
+def _assert_same(model: Any, pixels: torch.Tensor, beams: int, max_new_tokens: int) -> torch.Tensor:
+    want_ids, want_logp = _reference(model, pixels, beams, max_new_tokens)
+    got_ids, got_logp = _ours(model, pixels, beams, max_new_tokens)
+    pad = model.generation_config.pad_token_id
+    width = max(want_ids.shape[1], got_ids.shape[1])
+    want = torch.nn.functional.pad(want_ids, (0, width - want_ids.shape[1]), value=pad)
+    got = torch.nn.functional.pad(got_ids, (0, width - got_ids.shape[1]), value=pad)
+    assert torch.equal(got, want)
+    scored = (want_ids != pad).float()
+    n = want_logp.shape[1]
+    assert torch.allclose(got_logp[:, :n] * scored, want_logp.float() * scored, atol=1e-4)
+    return got
+
+
+@pytest.mark.parametrize("beams", [1, 5])
+def test_the_shipped_base_reads_real_lines_exactly_as_generate(beams: int) -> None:
+    bundle = load_bundle("trocr-tune/base-htr")
+    assert TrOCRSteps.supports(bundle.model)
+    # 12 lines x 5 beams: enough finished readings of different lengths that a wrong length
+    # normalisation changes their order.
+    pixels = _real_pixels(bundle, 12)
+    got = _assert_same(bundle.model, pixels, beams, 60)
+    eos = bundle.model.generation_config.eos_token_id
+    # Real readings of different lengths: images leave the batch at different steps.
+    ends = {row.index(eos) for row in got.tolist() if eos in row}
+    assert len(ends) > 2
+    if beams > 1:
+        assert len(set(map(tuple, got.tolist()))) > 12  # the beams differ
+
+
+def test_the_length_limit_ends_every_reading_as_in_generate() -> None:
+    bundle = load_bundle("trocr-tune/base-htr")
+    pixels = _real_pixels(bundle, 3)
+    for beams in (1, 3):
+        got = _assert_same(bundle.model, pixels, beams, 5)
+        assert got.shape[1] == 5
+
+
+def _random_trocr(learned: bool) -> Any:
+    """A TrOCR with the other options a checkpoint may carry: sinusoidal positions, scaled
+    embeddings, no embedding layer norm, an encoder wider than the decoder (enc_to_dec_proj)."""
+    torch.manual_seed(0)
+    encoder = ViTConfig(
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    decoder = TrOCRConfig(
+        vocab_size=40,
+        d_model=32,
+        decoder_layers=2,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        use_learned_position_embeddings=learned,
+        scale_embedding=not learned,
+        layernorm_embedding=learned,
+        activation_function="relu",
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        is_decoder=True,
+        add_cross_attention=True,
+    )
+    model = VisionEncoderDecoderModel(
+        VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    )
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1
+    )
+    # Random weights rarely end a line: a larger end-of-line row makes some readings end early.
+    with torch.no_grad():
+        model.decoder.output_projection.weight[2] *= 2
+    return model.eval()
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_other_trocr_shapes_read_as_in_generate(learned: bool) -> None:
+    model = _random_trocr(learned)
+    assert model.enc_to_dec_proj is not None and TrOCRSteps(model).project is not None
+    pixels = torch.rand(5, 3, 32, 32) * 2 - 1
+    for beams in (1, 3):
+        _assert_same(model, pixels, beams, 12)
+
+
+def test_the_runner_reads_the_same_with_lm_fusion_and_rescoring() -> None:
+    """The runner's own loop against its `generate` path, with the demo-style accurate decoding."""
+    bundle = load_bundle("trocr-tune/base-htr")
+    pixels = _real_pixels(bundle, 6)
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    assert runner.fast
+    for cfg in (
+        EvalConfig(num_beams=1, lm_fusion=0.3),
+        EvalConfig(num_beams=4, lm_fusion=0.25, lm_weight=0.25, ctc_rescore=0.5, rescore_length_bonus=1.0),
+    ):
+        settings = DecodeSettings.from_eval(bundle, cfg, 60)
+        fast = runner.generate_batch(pixels, settings)
+        runner.fast = False
+        plain = runner.generate_batch(pixels, settings)
+        runner.fast = True
+        assert [p.text for p in fast] == [p.text for p in plain]
+        assert [p.confidence for p in fast] == pytest.approx([p.confidence for p in plain], abs=1e-5)
+
+
+def test_what_the_loop_does_not_implement_goes_through_generate(monkeypatch: Any) -> None:
+    bundle = load_bundle("trocr-tune/base-htr")
+    pixels = _real_pixels(bundle, 2)
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    calls: list[int] = []
+    generate = bundle.model.generate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(bundle.model, "generate", spy)
+    runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, EvalConfig(num_beams=2), 30))
+    assert calls == []
+    runner.generate_batch(
+        pixels, DecodeSettings.from_eval(bundle, EvalConfig(num_beams=2, no_repeat_ngram_size=3), 30)
+    )
+    assert calls == [1]
+    # A generation config that adds a rule, a compiled or training decoder: `generate` decodes.
+    bundle.model.generation_config.forced_eos_token_id = 2
+    assert not TrOCRSteps.supports(bundle.model)
+    bundle.model.generation_config.forced_eos_token_id = None
+    assert TrOCRSteps.supports(bundle.model)
+    bundle.model.decoder.train()
+    assert not TrOCRSteps.supports(bundle.model)
