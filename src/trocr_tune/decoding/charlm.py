@@ -20,6 +20,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import UserError
 from ..files import atomic_write_text
 
@@ -48,6 +50,9 @@ class CharNgramLM:
         self.vocab_size = len(chars | {_EOS})
         # log p(ch | context) already computed: the beams of a line share most of their contexts.
         self._memo: dict[tuple[str, str], float] = {}
+        self._symbols: tuple[str, ...] = ()
+        self._rows: dict[str, tuple[np.ndarray, int, int]] = {}
+        self._index: dict[str, int] = {}
 
     @classmethod
     def fit(cls, texts: Iterable[str], order: int = 5) -> CharNgramLM:
@@ -72,26 +77,38 @@ class CharNgramLM:
             p = (follow.get(ch, 0) + distinct * p) / (self._total[context] + distinct)
         return p
 
-    def next_log_probs(self, text: str, symbols: list[str]) -> list[float]:
+    def next_log_probs(self, text: str, symbols: list[str]) -> np.ndarray:
         """log p(s | text so far) for every one-character s in `symbols`, in one walk of the contexts
-        (the same values as `next_prob`, for a whole vocabulary at once)."""
+        (the same values as `next_prob`, for a whole vocabulary at once, as array operations)."""
         n = self.order - 1
         history = (_BOS * n + text)[len(text) :] if n else ""
-        index = {s: i for i, s in enumerate(symbols)}
-        p = [1.0 / (self.vocab_size + 1)] * len(symbols)
+        key = tuple(symbols)
+        if key != self._symbols:  # the contexts' counts are laid out over `symbols`
+            self._symbols, self._rows = key, {}
+            self._index = {s: i for i, s in enumerate(symbols)}
+        p = np.full(len(symbols), 1.0 / (self.vocab_size + 1))
         for k in range(n + 1):
-            context = history[n - k :]
+            row = self._row(history[n - k :])
+            if row is None:
+                break
+            counts, distinct, total = row
+            p = (counts + distinct * p) / (total + distinct)
+        return np.log(p)
+
+    def _row(self, context: str) -> tuple[np.ndarray, int, int] | None:
+        """The counts of what followed `context`, over the current symbols (None: never seen)."""
+        row = self._rows.get(context)
+        if row is None:
             follow = self._follow.get(context)
             if follow is None:
-                break
-            distinct, total = len(follow), self._total[context]
-            counts = [0] * len(symbols)
+                return None
+            counts = np.zeros(len(self._symbols))
             for ch, c in follow.items():
-                i = index.get(ch)
+                i = self._index.get(ch)
                 if i is not None:
                     counts[i] = c
-            p = [(c + distinct * q) / (total + distinct) for c, q in zip(counts, p, strict=True)]
-        return [math.log(q) for q in p]
+            row = self._rows[context] = (counts, len(follow), self._total[context])
+        return row
 
     def _log_next(self, context: str, ch: str) -> float:
         key = (context, ch)

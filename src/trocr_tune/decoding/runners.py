@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
+import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
@@ -94,17 +95,18 @@ class CharLMFusion:
             )
         self.single_ids = [v for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
         self.single_chars = [cast(str, self.pieces[v]) for v in self.single_ids]
+        self.single_index = np.array(self.single_ids, dtype=np.int64)
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _table(self, key: tuple[int, ...], width: int) -> torch.Tensor:
         text = "".join(self.pieces[i] or "" for i in key if i != self.start and i < len(self.pieces))
         # Tokens the model has no character for (and vocabulary rows past the tokenizer) count as
         # an unseen character.
-        row = torch.full((width,), self.lm.piece_log_prob(text, "\uffff"), dtype=torch.float32)
-        row[self.single_ids] = torch.tensor(self.lm.next_log_probs(text, self.single_chars))
+        row = np.full(width, self.lm.piece_log_prob(text, "\uffff"), dtype=np.float32)
+        row[self.single_index] = self.lm.next_log_probs(text, self.single_chars)
         for v, piece in self.multi:
             row[v] = self.lm.piece_log_prob(text, piece)
-        return self.weight * row
+        return torch.from_numpy(row * np.float32(self.weight))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         n = self.lm.order - 1
