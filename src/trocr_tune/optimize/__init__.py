@@ -163,7 +163,7 @@ _ALL = [
         (("mode", "default"),),
         ("cpu", "cuda"),
         "fp32 checkpoint, compiled at load",
-        "torch.compile of the encoder and decoder forwards that generate calls",
+        "torch.compile of the encoder (and of a decoder the engine's own loop does not decode)",
     ),
     Variant(
         "compile-reduce-overhead",
