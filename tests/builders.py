@@ -85,36 +85,53 @@ def build_char_checkpoint(path: Path, texts: list[str], height: int = 32, width:
     return path
 
 
-def _save_vit_trocr(path: Path, tokenizer: Any, image_size: int, tied: bool = True) -> Path:
+def vit_trocr(
+    vocab_size: int,
+    image_size: int,
+    encoder_hidden: int = 32,
+    patch_size: int = 16,
+    **decoder: Any,
+) -> Any:
+    """A tiny hub-shaped TrOCR (ViT encoder, start token </s> in the generation config); `decoder`
+    overrides the TrOCRConfig (layers, positions, embedding options)."""
     encoder = ViTConfig(
-        hidden_size=32,
+        hidden_size=encoder_hidden,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=64,
         image_size=image_size,
-        patch_size=16,
+        patch_size=patch_size,
     )
-    decoder = TrOCRConfig(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        decoder_ffn_dim=64,
-        max_position_embeddings=128,
+    options: dict[str, Any] = {
+        "d_model": 32,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 2,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 128,
+        **decoder,
+    }
+    config = TrOCRConfig(
+        vocab_size=vocab_size,
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
         decoder_start_token_id=2,
         is_decoder=True,
         add_cross_attention=True,
-        tie_word_embeddings=tied,
+        **options,
     )
-    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    model = VisionEncoderDecoderModel(config=config)
+    model = VisionEncoderDecoderModel(
+        VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, config)
+    )
     # As on the hub: the start token lives in the generation config, not the top-level config.
     model.generation_config = GenerationConfig(
         decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1
     )
+    return model
+
+
+def _save_vit_trocr(path: Path, tokenizer: Any, image_size: int, tied: bool = True) -> Path:
+    model = vit_trocr(len(tokenizer), image_size, tie_word_embeddings=tied)
     model.save_pretrained(path)
     processor = TrOCRProcessor(
         image_processor=ViTImageProcessorPil(size={"height": image_size, "width": image_size}),
@@ -176,3 +193,13 @@ def truncated_image(path: Path, text: str = "cut") -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def real_demo_pixels(bundle: Any, count: int) -> Any:
+    """Pixel values of the first `count` committed real test lines (the demo's Poilus hands)."""
+    from importlib import resources
+
+    lines = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
+    rows = [json.loads(line) for line in (lines / "manifest.jsonl").read_text("utf-8").splitlines()]
+    images = [Image.open(lines / r["image"]).convert("RGB") for r in rows if r["split"] == "test"][:count]
+    return bundle.image_processor(images=images, return_tensors="pt").pixel_values

@@ -4,14 +4,11 @@ shipped base and real lines, and on a hub-shaped TrOCR."""
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from PIL import Image
 
 from trocr_tune.config import EvalConfig
 from trocr_tune.decoding import DecodeSettings
@@ -23,18 +20,12 @@ from trocr_tune.decoding.runners import (
 )
 from trocr_tune.model.loading import load_bundle
 
-LINES = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
-
-
-def _real_pixels(bundle: Any, count: int) -> torch.Tensor:
-    rows = [json.loads(line) for line in (LINES / "manifest.jsonl").read_text("utf-8").splitlines()]
-    images = [Image.open(LINES / r["image"]).convert("RGB") for r in rows if r["split"] == "test"][:count]
-    return bundle.image_processor(images=images, return_tensors="pt").pixel_values
+from builders import real_demo_pixels
 
 
 def test_beams_with_the_cross_attention_left_in_place_equal_generates_own_cache() -> None:
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 6)
+    pixels = real_demo_pixels(bundle, 6)
     kwargs = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=4), 60).generate_kwargs()
     with torch.inference_mode():
         outputs = [
@@ -92,7 +83,7 @@ def test_a_hub_shaped_trocr_reads_the_same_beams(tmp_path: Path) -> None:
 
 def test_the_runner_uses_it_for_beams_only(monkeypatch: Any) -> None:
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 2)
+    pixels = real_demo_pixels(bundle, 2)
     seen: list[Any] = []
     generate = bundle.model.generate
 
@@ -119,7 +110,7 @@ def test_fused_beams_score_each_reading_by_the_decoder_alone() -> None:
 
     bundle = load_bundle("trocr-tune/base-htr")
     assert bundle.char_lm is not None
-    pixels = _real_pixels(bundle, 4)
+    pixels = real_demo_pixels(bundle, 4)
     runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
     cfg = EvalConfig(num_beams=4, lm_fusion=0.5, lm_weight=0.25, ctc_rescore=0.5, rescore_length_bonus=1.0)
     predictions = runner.generate_batch(pixels, DecodeSettings.from_eval(bundle, cfg, 60))
@@ -140,7 +131,7 @@ def test_a_convolutional_encoder_reads_channels_last_pixels_to_the_same_result(t
     from builders import build_roberta_style_checkpoint
 
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 6)
+    pixels = real_demo_pixels(bundle, 6)
     runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
     assert runner.channels_last
     for beams in (1, 3):

@@ -4,21 +4,10 @@ shipped base with real lines and on TrOCR shapes it must also handle."""
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from PIL import Image
-from transformers import (
-    GenerationConfig,
-    TrOCRConfig,
-    VisionEncoderDecoderConfig,
-    VisionEncoderDecoderModel,
-    ViTConfig,
-)
 
 from trocr_tune.config import EvalConfig
 from trocr_tune.decoding import DecodeSettings
@@ -26,13 +15,7 @@ from trocr_tune.decoding.runners import TorchRunner
 from trocr_tune.decoding.search import TrOCRSteps, search
 from trocr_tune.model.loading import load_bundle
 
-LINES = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
-
-
-def _real_pixels(bundle: Any, count: int) -> torch.Tensor:
-    rows = [json.loads(line) for line in (LINES / "manifest.jsonl").read_text("utf-8").splitlines()]
-    images = [Image.open(LINES / r["image"]).convert("RGB") for r in rows if r["split"] == "test"][:count]
-    return bundle.image_processor(images=images, return_tensors="pt").pixel_values
+from builders import real_demo_pixels, vit_trocr
 
 
 def _reference(model: Any, pixels: torch.Tensor, beams: int, max_new_tokens: int, **extra: Any) -> Any:
@@ -89,7 +72,7 @@ def test_the_shipped_base_reads_real_lines_exactly_as_generate(beams: int) -> No
     assert TrOCRSteps.supports(bundle.model)
     # 12 lines x 5 beams: enough finished readings of different lengths that a wrong length
     # normalisation changes their order.
-    pixels = _real_pixels(bundle, 12)
+    pixels = real_demo_pixels(bundle, 12)
     got = _assert_same(bundle.model, pixels, beams, 60)
     eos = bundle.model.generation_config.eos_token_id
     # Real readings of different lengths: images leave the batch at different steps.
@@ -101,7 +84,7 @@ def test_the_shipped_base_reads_real_lines_exactly_as_generate(beams: int) -> No
 
 def test_the_length_limit_ends_every_reading_as_in_generate() -> None:
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 3)
+    pixels = real_demo_pixels(bundle, 3)
     for beams in (1, 3):
         got = _assert_same(bundle.model, pixels, beams, 5)
         assert got.shape[1] == 5
@@ -111,37 +94,18 @@ def _random_trocr(learned: bool) -> Any:
     """A TrOCR with the other options a checkpoint may carry: sinusoidal positions, scaled
     embeddings, no embedding layer norm, an encoder wider than the decoder (enc_to_dec_proj)."""
     torch.manual_seed(0)
-    encoder = ViTConfig(
-        hidden_size=48,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
+    model = vit_trocr(
+        40,
+        32,
+        encoder_hidden=48,
         patch_size=8,
-    )
-    decoder = TrOCRConfig(
-        vocab_size=40,
-        d_model=32,
         decoder_layers=2,
         decoder_attention_heads=4,
-        decoder_ffn_dim=64,
         max_position_embeddings=64,
         use_learned_position_embeddings=learned,
         scale_embedding=not learned,
         layernorm_embedding=learned,
         activation_function="relu",
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-        is_decoder=True,
-        add_cross_attention=True,
-    )
-    model = VisionEncoderDecoderModel(
-        VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
-    )
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=2, bos_token_id=0, eos_token_id=2, pad_token_id=1
     )
     # Random weights rarely end a line: a larger end-of-line row makes some readings end early.
     with torch.no_grad():
@@ -161,7 +125,7 @@ def test_other_trocr_shapes_read_as_in_generate(learned: bool) -> None:
 def test_the_runner_reads_the_same_with_lm_fusion_and_rescoring() -> None:
     """The runner's own loop against its `generate` path, with the demo-style accurate decoding."""
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 6)
+    pixels = real_demo_pixels(bundle, 6)
     runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
     assert runner.fast
     for cfg in (
@@ -179,7 +143,7 @@ def test_the_runner_reads_the_same_with_lm_fusion_and_rescoring() -> None:
 
 def test_what_the_loop_does_not_implement_goes_through_generate(monkeypatch: Any) -> None:
     bundle = load_bundle("trocr-tune/base-htr")
-    pixels = _real_pixels(bundle, 2)
+    pixels = real_demo_pixels(bundle, 2)
     runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
     calls: list[int] = []
     generate = bundle.model.generate
