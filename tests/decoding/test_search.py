@@ -101,7 +101,7 @@ def _random_trocr(learned: bool) -> Any:
         patch_size=8,
         decoder_layers=2,
         decoder_attention_heads=4,
-        max_position_embeddings=64,
+        max_position_embeddings=128,
         use_learned_position_embeddings=learned,
         scale_embedding=not learned,
         layernorm_embedding=learned,
@@ -120,6 +120,26 @@ def test_other_trocr_shapes_read_as_in_generate(learned: bool) -> None:
     pixels = torch.rand(5, 3, 32, 32) * 2 - 1
     for beams in (1, 3):
         _assert_same(model, pixels, beams, 12)
+
+
+def test_the_cache_grows_past_its_first_room() -> None:
+    """70 steps, past the 64 the cache first makes room for: every step's logits equal one
+    teacher-forced pass of the model over the whole sequence."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    model = _random_trocr(True)
+    steps = TrOCRSteps(model)
+    tokens = torch.randint(3, 40, (2, 70))
+    tokens[:, 0] = model.generation_config.decoder_start_token_id
+    with torch.inference_mode():
+        states = model.encoder(pixel_values=torch.rand(2, 3, 32, 32)).last_hidden_state
+        steps.begin(states, 1, 70)
+        got = torch.stack([steps.step(tokens[:, i]) for i in range(70)], 1)
+        want = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=states), decoder_input_ids=tokens
+        ).logits
+    assert steps.cache[0][0].numel() >= 70 * 2 * steps.width
+    assert torch.allclose(got, want, atol=1e-4)
 
 
 def test_the_runner_reads_the_same_with_lm_fusion_and_rescoring() -> None:

@@ -96,15 +96,33 @@ class TrOCRSteps:
             values = attention.v_proj(states).view(images, length, h, d).transpose(1, 2).contiguous()
             self.cross.append((keys, values))
         self.rows, self.beams, self.length = images * beams, beams, 0
-        size = steps * self.rows * self.width
+        # Room for the steps most lines need; it grows (doubling) for the long ones, so a large
+        # budget (max_new_tokens) does not reserve memory no line uses.
+        size = min(steps, 64) * self.rows * self.width
         like = self.cross[0][0]
         self.cache = [[like.new_empty(size) for _ in range(4)] for _ in self.layers]
 
     def _view(self, flat: torch.Tensor, steps: int, rows: int) -> torch.Tensor:
         return flat[: steps * rows * self.width].view(steps, rows, self.width)
 
+    def _room(self, steps: int) -> None:
+        """Cache buffers that hold `steps` steps of the current rows (grown by doubling)."""
+        per_step = self.rows * self.width
+        have = self.cache[0][0].numel() // per_step
+        if steps <= have:
+            return
+        size = max(steps, 2 * have) * per_step
+        used = self.length * per_step
+        for buffers in self.cache:
+            for k in range(4):
+                grown = buffers[k].new_empty(size)
+                if k < 2:
+                    grown[:used] = buffers[k][:used]
+                buffers[k] = grown
+
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """The next-token logits (rows, vocabulary) after `tokens` (rows,)."""
+        self._room(self.length + 1)
         t, rows, h, d = self.length, self.rows, self.heads, self.head_dim
         decoder = self.decoder
         x = decoder.embed_tokens(tokens)
