@@ -186,3 +186,19 @@ def test_what_the_loop_does_not_implement_goes_through_generate(monkeypatch: Any
     assert TrOCRSteps.supports(bundle.model)
     bundle.model.decoder.train()
     assert not TrOCRSteps.supports(bundle.model)
+
+
+def test_the_runner_forgets_what_it_read() -> None:
+    """The benchmark's timed runs re-read the same lines: `forget` empties what reading filled (LM
+    fusion tables, the LM's memoised contexts), and the lines then read the same from scratch."""
+    bundle = load_bundle("trocr-tune/base-htr")
+    lm = bundle.char_lm
+    assert lm is not None
+    pixels = real_demo_pixels(bundle, 3)
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    settings = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=2, lm_fusion=0.3, lm_weight=0.3), 40)
+    first = runner.generate_batch(pixels, settings)
+    assert runner._fusion is not None and runner._fusion.cache and lm._memo and lm._rows
+    runner.forget(settings)
+    assert runner._fusion is None and not lm._memo and not lm._rows
+    assert runner.generate_batch(pixels, settings) == first

@@ -95,6 +95,12 @@ class CharNgramLM:
             p = (counts + distinct * p) / (total + distinct)
         return np.log(p)
 
+    def forget(self) -> None:
+        """Empty the caches of what was read (memoised probabilities, context counts)."""
+        self._memo.clear()
+        self._rows.clear()
+        self._symbols = ()
+
     def _row(self, context: str) -> tuple[np.ndarray, int, int] | None:
         """The counts of what followed `context`, over the current symbols (None: never seen)."""
         row = self._rows.get(context)

@@ -255,6 +255,14 @@ class TorchRunner:
             self._fusion = CharLMFusion(lm, weight, self.tokenizer, start)
         return self._fusion
 
+    def forget(self, settings: DecodeSettings) -> None:
+        """Read the next lines as new ones: the LM fusion tables and the language models' caches,
+        filled by what was read, are emptied (the benchmark's timed runs re-read the same lines)."""
+        self._fusion = None
+        for lm in (settings.fusion_lm, settings.rescoring.lm):
+            if lm is not None:
+                lm.forget()
+
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
         if self.autocast is None:
