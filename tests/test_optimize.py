@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from transformers import VisionEncoderDecoderModel
 
-from trocr_tune.config import OptimizeConfig, load_config
+from trocr_tune.config import EvalConfig, OptimizeConfig, load_config
 from trocr_tune.decoding import DecodeSettings, transcribe
 from trocr_tune.decoding.runners import TorchRunner
-from trocr_tune.errors import UserError
 from trocr_tune.metrics import compute_metrics
 from trocr_tune.model.loading import load_bundle
 from trocr_tune.optimize import VARIANTS, load_runner
@@ -99,9 +98,19 @@ def test_onnx_greedy_equals_pytorch_greedy(bundle, images, baseline) -> None:
     ours, theirs = runner.generate_batch(pixels, greedy), torch_runner.generate_batch(pixels, greedy)
     for a, b in zip(ours, theirs, strict=True):
         assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-4)
-    # Its own greedy loop has no logits processors: a fused language model is refused, not ignored.
-    with pytest.raises(UserError, match="lm_fusion"):
-        runner.generate_batch(pixels, replace(greedy, fusion_weight=0.5, fusion_lm=bundle.char_lm))
+    # LM fusion, beam search and CTC/LM rescoring run the engine's search over the decoder graph
+    # (OrtSteps), rescored on the torch model's heads: the same readings as the torch runner.
+    assert bundle.char_lm is not None
+    accurate = EvalConfig(
+        num_beams=3, ctc_rescore=0.5, lm_weight=0.3, lm_fusion=0.3, rescore_length_bonus=1.0
+    )
+    for settings in (
+        replace(greedy, fusion_weight=0.5, fusion_lm=bundle.char_lm),
+        DecodeSettings.from_eval(bundle, accurate, bundle.info.max_new_tokens),
+    ):
+        ours, theirs = runner.generate_batch(pixels, settings), torch_runner.generate_batch(pixels, settings)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-4)
 
 
 def test_onnx_int8_within_tolerance(bundle, images, baseline) -> None:

@@ -225,7 +225,11 @@ def profile_baseline(
     convolutions and all operators (the rest is Python and framework overhead)."""
     from .runtime import cpu_has_int8_dot, cpu_has_native_bf16
 
-    facts: dict[str, Any] = {"int8_dot": cpu_has_int8_dot(), "native_bf16": cpu_has_native_bf16()}
+    facts: dict[str, Any] = {
+        "int8_dot": cpu_has_int8_dot(),
+        "native_bf16": cpu_has_native_bf16(),
+        "beams": decode.num_beams,
+    }
     model = getattr(runner, "model", None)
     if model is None:
         return facts

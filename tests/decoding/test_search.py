@@ -39,9 +39,11 @@ def _ours(
     config = model.generation_config
     with torch.inference_mode():
         states = model.encoder(pixel_values=pixels).last_hidden_state
+        steps = TrOCRSteps(model)
+        steps.begin(states, beams, max_new_tokens)
         ids, logp = search(
-            TrOCRSteps(model),
-            states,
+            steps,
+            len(states),
             beams=beams,
             max_new_tokens=max_new_tokens,
             start=config.decoder_start_token_id,

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from ..errors import UserError
 from .charlm import END, CharNgramLM
 from .results import Prediction, decode_predictions, sequence_end
-from .search import TrOCRSteps, search
+from .search import Steps, TrOCRSteps, search
 from .settings import DecodeSettings, Rescoring
 
 
@@ -225,7 +225,142 @@ def convolutional_encoder(model: Any) -> bool:
     return sum(isinstance(m, torch.nn.Conv2d) for m in encoder.modules()) > 1
 
 
-class TorchRunner:
+class BeamSupport:
+    """What every runner's search shares: LM fusion, picking among the beams (CTC, LM, views, on
+    the torch model's heads) and the texts read off the ids. `model` is the torch model (its
+    encoder's CTC head and views rescore the beams; a runner may search in another engine)."""
+
+    model: Any
+    tokenizer: Any
+    _fusion: CharLMFusion | None = None
+
+    def _fusion_for(self, lm: CharNgramLM, weight: float) -> CharLMFusion:
+        """One fusion processor (and table cache) per language model and weight."""
+        if self._fusion is None or self._fusion.lm is not lm or self._fusion.weight != weight:
+            start = self.model.config.decoder_start_token_id
+            self._fusion = CharLMFusion(lm, weight, self.tokenizer, start)
+        return self._fusion
+
+    def forget(self, settings: DecodeSettings) -> None:
+        """Read the next lines as new ones: the LM fusion tables and the language models' caches,
+        filled by what was read, are emptied (the benchmark's timed runs re-read the same lines)."""
+        self._fusion = None
+        for lm in (settings.fusion_lm, settings.rescoring.lm):
+            if lm is not None:
+                lm.forget()
+
+    def _read(
+        self, steps: Steps, pixels: torch.Tensor, states: torch.Tensor | None, settings: DecodeSettings
+    ) -> list[Prediction]:
+        """Search with `steps` (begun for the images of `pixels`), rescore (CTC on the encoder's
+        `states`), and decode the texts."""
+        config = self.model.generation_config
+        eos = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
+        start = config.decoder_start_token_id
+        if start is None:
+            start = self.model.config.decoder_start_token_id
+        pad = config.pad_token_id if config.pad_token_id is not None else self.tokenizer.pad_token_id
+        fusion: CharLMFusion | None = None
+        if settings.fused:
+            assert settings.fusion_lm is not None
+            fusion = self._fusion_for(settings.fusion_lm, settings.fusion_weight)
+        generated, logprobs = search(
+            steps,
+            len(pixels),
+            beams=settings.num_beams,
+            max_new_tokens=settings.max_new_tokens,
+            start=start,
+            eos=eos,
+            pad=pad,
+            length_penalty=settings.length_penalty,
+            fusion=fusion,
+            fusion_order=fusion.lm.order - 1 if fusion is not None else 0,
+            all_beams=settings.rescores,
+        )
+        if settings.rescores:
+            generated, logprobs = self._rescore(
+                pixels, states, generated, logprobs, settings.num_beams, settings.rescoring
+            )
+        return decode_predictions(self.tokenizer, generated, logprobs)
+
+    def _rescore(
+        self,
+        pixels: torch.Tensor,
+        states: torch.Tensor | None,
+        rows: list[list[int]],
+        logprobs: torch.Tensor,
+        beams: int,
+        how: Rescoring,
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC
+        (averaged over the image and its `how.views` where the two best are within
+        `how.views_margin`) + lm_weight x log p_LM(text) + bonus x length."""
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        tokens, decoder_logp = [], []
+        for ids, logp in zip(rows, logprobs, strict=True):
+            n_text, n_scored = sequence_end(ids, eos, pad)
+            tokens.append(ids[:n_text])
+            decoder_logp.append(float(logp[:n_scored].sum()))
+        plain = self._optical(states, torch.tensor(decoder_logp), tokens, beams, how).view(-1, beams)
+        # The terms that do not look at the image: length bonus and language model.
+        prior = how.length_bonus * torch.tensor([len(t) for t in tokens], dtype=torch.float32).view(-1, beams)
+        if how.lm is not None and how.lm_weight > 0:
+            texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            lm = torch.tensor([how.lm.log_prob(t.strip()) for t in texts], dtype=torch.float32)
+            prior = prior + how.lm_weight * lm.view(-1, beams)
+        if how.views:
+            # Only images whose two best beams are within `views_margin` of each other: where one
+            # reading is far ahead the views rarely change it, and each costs two passes.
+            top2 = (plain + prior).topk(min(2, beams), dim=1).values
+            unsure = torch.nonzero(top2[:, 0] - top2[:, -1] < how.views_margin).flatten()
+            if len(unsure):
+                plain[unsure] = self._view_scores(pixels[unsure], plain[unsure], tokens, unsure, beams, how)
+        joint = plain + prior
+        best = [g * beams + int(joint[g].argmax()) for g in range(joint.shape[0])]
+        return [rows[i] for i in best], logprobs[best]
+
+    def _optical(
+        self,
+        states: torch.Tensor | None,
+        decoder_logp: torch.Tensor,
+        rows: list[list[int]],
+        beams: int,
+        how: Rescoring,
+    ) -> torch.Tensor:
+        """(1 - w) log p_decoder + w log p_CTC of each row (`beams` rows per image in `states`)."""
+        w = how.ctc_weight
+        if w == 0:
+            return decoder_logp
+        from ..model.ctc import ctc_log_likelihood
+
+        assert states is not None, "CTC rescoring reads the encoder's states"
+
+        ctc = ctc_log_likelihood(self.model, states, rows, self.tokenizer.pad_token_id, rows_per_image=beams)
+        return (1 - w) * decoder_logp + w * ctc
+
+    def _view_scores(
+        self,
+        pixels: torch.Tensor,
+        joint: torch.Tensor,
+        tokens: list[list[int]],
+        images: torch.Tensor,
+        beams: int,
+        how: Rescoring,
+    ) -> torch.Tensor:
+        """The optical scores (images, beams) of `images` averaged with those on each view."""
+        from .views import VIEWS
+
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        rows = [tokens[g * beams + k] for g in images.tolist() for k in range(beams)]
+        total = joint.clone()
+        for name in how.views:
+            view = self.model.encoder(pixel_values=VIEWS[name](pixels)).last_hidden_state
+            decoder = decoder_log_likelihood(self.model, view, rows, eos, pad, beams)
+            total += self._optical(view, decoder, rows, beams, how).view(-1, beams)
+        return total / (1 + len(how.views))
+
+
+class TorchRunner(BeamSupport):
     """A (possibly modified) Transformers model decoded with `generate`, optionally under autocast."""
 
     def __init__(
@@ -243,25 +378,10 @@ class TorchRunner:
         self.device = device
         self.autocast = autocast
         self.engine = engine
-        self._fusion: CharLMFusion | None = None
+        self._fusion = None
         self.channels_last = engine and device.type == "cpu" and convolutional_encoder(model)
         # A TrOCR decoder decodes in decoding/search.py's loop; anything else through `generate`.
         self.fast = engine and TrOCRSteps.supports(model)
-
-    def _fusion_for(self, lm: CharNgramLM, weight: float) -> CharLMFusion:
-        """One fusion processor (and table cache) per language model and weight."""
-        if self._fusion is None or self._fusion.lm is not lm or self._fusion.weight != weight:
-            start = self.model.config.decoder_start_token_id
-            self._fusion = CharLMFusion(lm, weight, self.tokenizer, start)
-        return self._fusion
-
-    def forget(self, settings: DecodeSettings) -> None:
-        """Read the next lines as new ones: the LM fusion tables and the language models' caches,
-        filled by what was read, are emptied (the benchmark's timed runs re-read the same lines)."""
-        self._fusion = None
-        for lm in (settings.fusion_lm, settings.rescoring.lm):
-            if lm is not None:
-                lm.forget()
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
@@ -327,110 +447,11 @@ class TorchRunner:
 
     def _search_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         """The same readings as `generate` (tests/decoding/test_search.py), from decoding/search.py's loop."""
-        config = self.model.generation_config
-        eos = config.eos_token_id if isinstance(config.eos_token_id, int) else config.eos_token_id[0]
-        start = config.decoder_start_token_id
-        if start is None:
-            start = self.model.config.decoder_start_token_id
-        pad = config.pad_token_id if config.pad_token_id is not None else self.tokenizer.pad_token_id
-        fusion: CharLMFusion | None = None
-        if settings.fused:
-            assert settings.fusion_lm is not None
-            fusion = self._fusion_for(settings.fusion_lm, settings.fusion_weight)
         with torch.inference_mode(), self._precision():
             pixels = pixel_values.to(self.device)
             if self.channels_last:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             states = self.model.encoder(pixel_values=pixels).last_hidden_state
-            generated, logprobs = search(
-                TrOCRSteps(self.model),
-                states,
-                beams=settings.num_beams,
-                max_new_tokens=settings.max_new_tokens,
-                start=start,
-                eos=eos,
-                pad=pad,
-                length_penalty=settings.length_penalty,
-                fusion=fusion,
-                fusion_order=fusion.lm.order - 1 if fusion is not None else 0,
-                all_beams=settings.rescores,
-            )
-            if settings.rescores:
-                generated, logprobs = self._rescore(
-                    pixels, states, generated, logprobs, settings.num_beams, settings.rescoring
-                )
-        return decode_predictions(self.tokenizer, generated, logprobs)
-
-    def _rescore(
-        self,
-        pixels: torch.Tensor,
-        states: torch.Tensor,
-        rows: list[list[int]],
-        logprobs: torch.Tensor,
-        beams: int,
-        how: Rescoring,
-    ) -> tuple[list[list[int]], torch.Tensor]:
-        """Of each image's `beams` hypotheses, the best by (1 - w) log p_decoder + w log p_CTC
-        (averaged over the image and its `how.views` where the two best are within
-        `how.views_margin`) + lm_weight x log p_LM(text) + bonus x length."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        tokens, decoder_logp = [], []
-        for ids, logp in zip(rows, logprobs, strict=True):
-            n_text, n_scored = sequence_end(ids, eos, pad)
-            tokens.append(ids[:n_text])
-            decoder_logp.append(float(logp[:n_scored].sum()))
-        plain = self._optical(states, torch.tensor(decoder_logp), tokens, beams, how).view(-1, beams)
-        # The terms that do not look at the image: length bonus and language model.
-        prior = how.length_bonus * torch.tensor([len(t) for t in tokens], dtype=torch.float32).view(-1, beams)
-        if how.lm is not None and how.lm_weight > 0:
-            texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            lm = torch.tensor([how.lm.log_prob(t.strip()) for t in texts], dtype=torch.float32)
-            prior = prior + how.lm_weight * lm.view(-1, beams)
-        if how.views:
-            # Only images whose two best beams are within `views_margin` of each other: where one
-            # reading is far ahead the views rarely change it, and each costs two passes.
-            top2 = (plain + prior).topk(min(2, beams), dim=1).values
-            unsure = torch.nonzero(top2[:, 0] - top2[:, -1] < how.views_margin).flatten()
-            if len(unsure):
-                plain[unsure] = self._view_scores(pixels[unsure], plain[unsure], tokens, unsure, beams, how)
-        joint = plain + prior
-        best = [g * beams + int(joint[g].argmax()) for g in range(joint.shape[0])]
-        return [rows[i] for i in best], logprobs[best]
-
-    def _optical(
-        self,
-        states: torch.Tensor,
-        decoder_logp: torch.Tensor,
-        rows: list[list[int]],
-        beams: int,
-        how: Rescoring,
-    ) -> torch.Tensor:
-        """(1 - w) log p_decoder + w log p_CTC of each row (`beams` rows per image in `states`)."""
-        w = how.ctc_weight
-        if w == 0:
-            return decoder_logp
-        from ..model.ctc import ctc_log_likelihood
-
-        ctc = ctc_log_likelihood(self.model, states, rows, self.tokenizer.pad_token_id, rows_per_image=beams)
-        return (1 - w) * decoder_logp + w * ctc
-
-    def _view_scores(
-        self,
-        pixels: torch.Tensor,
-        joint: torch.Tensor,
-        tokens: list[list[int]],
-        images: torch.Tensor,
-        beams: int,
-        how: Rescoring,
-    ) -> torch.Tensor:
-        """The optical scores (images, beams) of `images` averaged with those on each view."""
-        from .views import VIEWS
-
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        rows = [tokens[g * beams + k] for g in images.tolist() for k in range(beams)]
-        total = joint.clone()
-        for name in how.views:
-            view = self.model.encoder(pixel_values=VIEWS[name](pixels)).last_hidden_state
-            decoder = decoder_log_likelihood(self.model, view, rows, eos, pad, beams)
-            total += self._optical(view, decoder, rows, beams, how).view(-1, beams)
-        return total / (1 + len(how.views))
+            steps = TrOCRSteps(self.model)
+            steps.begin(states, settings.num_beams, settings.max_new_tokens)
+            return self._read(steps, pixels, states, settings)

@@ -10,7 +10,7 @@ cross-attention keys and values per beam, and images that finished still in the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -100,6 +100,7 @@ class TrOCRSteps:
         # budget (max_new_tokens) does not reserve memory no line uses.
         size = min(steps, 64) * self.rows * self.width
         like = self.cross[0][0]
+        self.device = like.device
         self.cache = [[like.new_empty(size) for _ in range(4)] for _ in self.layers]
 
     def _view(self, flat: torch.Tensor, steps: int, rows: int) -> torch.Tensor:
@@ -169,9 +170,20 @@ class TrOCRSteps:
             self.cross = [(k.index_select(0, images), v.index_select(0, images)) for k, v in self.cross]
 
 
+class Steps(Protocol):
+    """One decoder step at a time for `beams` consecutive rows per image (TrOCRSteps in torch,
+    decoding/onnx.py's OrtSteps in ONNX Runtime); `begin` has been called."""
+
+    device: torch.device
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def keep(self, rows: torch.Tensor, images: torch.Tensor | None = None) -> None: ...
+
+
 def search(
-    steps: TrOCRSteps,
-    states: torch.Tensor,
+    steps: Steps,
+    images: int,
     *,
     beams: int,
     max_new_tokens: int,
@@ -185,14 +197,15 @@ def search(
 ) -> tuple[list[list[int]], torch.Tensor]:
     """Beam search (greedy with `beams=1`) as `generate` does it with `early_stopping=True`.
 
-    Returns the generated ids of each image's best reading (of all its `beams` readings, best
-    first, with `all_beams`), eos included and pad after, and the decoder's own log-probability of
-    each (rows, tokens; 0 after the eos). `fusion(history, log_probs)` adds its scores to the
-    search's, as a logits processor would; it sees the last `fusion_order` ids of each row.
+    `steps` has begun (e.g. `TrOCRSteps.begin`) for `images` images of `beams` rows each, with
+    room for `max_new_tokens` steps. Returns the generated ids of each image's best reading (of all
+    its `beams` readings, best first, with `all_beams`), eos included and pad after, and the
+    decoder's own log-probability of each (rows, tokens; 0 after the eos).
+    `fusion(history, log_probs)` adds its scores to the search's, as a logits processor would; it
+    sees the last `fusion_order` ids of each row.
     """
-    images, device = states.shape[0], states.device
+    device = steps.device
     total, width = max_new_tokens, 2 * beams
-    steps.begin(states, beams, total)
     history = torch.full((images, beams, total + 1), pad, dtype=torch.long, device=device)
     history[:, :, 0] = start
     own = torch.zeros((images, beams, total), device=device)  # the decoder's log p of each token

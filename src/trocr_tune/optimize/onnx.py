@@ -2,8 +2,8 @@
 
 Optimum's exporter pins transformers < 4.58, so the graphs are exported here:
 - `encoder.onnx`: pixel_values -> the cross-attention keys and values of every decoder layer
-  (computed once per image, as a KV cache would);
-- `decoder.onnx`: one greedy step: token ids + self-attention past keys/values + cross
+  (computed once per image, as a KV cache would), and the encoder's states (CTC rescoring);
+- `decoder.onnx`: one decoding step: token ids + self-attention past keys/values + cross
   keys/values -> next-token logits + the grown past.
 The decoder step is written from the TrOCR decoder's own modules (post-LN layers, learned or
 sinusoidal positions) so the graph has plain tensor inputs; a parity test checks that its
@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..decoding.onnx import DECODER_FILE, ENCODER_FILE, OnnxRunner, require_ort
+from ..decoding.onnx import DECODER_FILE, ENCODER_FILE, ENCODER_STATES, OnnxRunner, require_ort
 from ..errors import UserError
 from ..model.loading import ModelBundle
 
 
 class EncoderGraph(nn.Module):
-    """pixel_values -> (cross_k_0, cross_v_0, ..., cross_k_{L-1}, cross_v_{L-1})."""
+    """pixel_values -> (cross_k_0, cross_v_0, ..., cross_k_{L-1}, cross_v_{L-1}, encoder_states)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -45,16 +45,15 @@ class EncoderGraph(nn.Module):
         self.heads = cfg.decoder.decoder_attention_heads
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        hidden = self.encoder(pixel_values=pixel_values).last_hidden_state
-        if self.proj is not None:
-            hidden = self.proj(hidden)
+        states = self.encoder(pixel_values=pixel_values).last_hidden_state
+        hidden = self.proj(states) if self.proj is not None else states
         b, s, _ = hidden.shape
         out = []
         for layer in self.layers:
             attn = layer.encoder_attn
             out.append(attn.k_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
             out.append(attn.v_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
-        return tuple(out)
+        return (*out, states)  # the encoder's own states last: beam rescoring reads their CTC
 
 
 class DecoderStep(nn.Module):
@@ -130,7 +129,7 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
     pixels = torch.zeros(2, 3, height, width)
     encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
     with torch.inference_mode():
-        cross = encoder(pixels)
+        cross = encoder(pixels)[:-1]
     past = tuple(torch.zeros(2, heads, 3, head_dim) for _ in range(2 * n))
     ids = torch.ones(2, 1, dtype=torch.long)
     names_past = [f"past_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
@@ -153,7 +152,7 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
                 opset_version=opset,
                 external_data=False,
                 input_names=["pixel_values"],
-                output_names=names_cross,
+                output_names=[*names_cross, ENCODER_STATES],
                 dynamic_shapes={"pixel_values": {0: batch}},
             )
             torch.onnx.export(
@@ -260,4 +259,9 @@ def why_not(facts: dict[str, Any], int8: bool) -> str:
         "ONNX Runtime saves the overhead around the operators, not their arithmetic: fp32 spends "
         f"{outside:.0%} of its time outside its operators here (at most {at_most(outside):.2f}x if that went)"
     )
+    if facts.get("beams", 1) > 1:
+        parts.append(
+            "with beams, the decoder graph reads a copy of the image's cross-attention keys per beam and "
+            "its past is copied at every step and reorder, where the torch engine keeps one copy per image"
+        )
     return "; ".join(parts)
