@@ -203,7 +203,7 @@ _ALL = [
         (("int8", False),),
         ("cpu",),
         "encoder.onnx + decoder.onnx",
-        "ONNX export (decoder with past key/values) + greedy decoding in ONNX Runtime (extra [onnx])",
+        "ONNX export (decoder with past key/values), decoded in ONNX Runtime (extra [onnx])",
         stored="graphs",
         requires=("onnxruntime", "onnx"),
     ),
