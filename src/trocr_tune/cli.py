@@ -490,7 +490,7 @@ def evaluate_command(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write .csv or .jsonl instead of printing TSV lines.",
 )
-@click.option("--batch-size", default=16, show_default=True, help="Lines per generate call.")
+@click.option("--batch-size", default=16, show_default=True, help="Lines decoded per batch.")
 @click.option("--num-beams", default=1, show_default=True, help="Beam width (1 = greedy).")
 @click.option(
     "--ctc-rescore",
@@ -653,7 +653,7 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     "--batch-size",
     default=None,
     type=click.IntRange(min=1),
-    help="Lines per generate call (eval.batch_size, default 16).",
+    help="Lines decoded per batch (eval.batch_size, default 16).",
 )
 @click.option(
     "--num-beams", default=None, type=click.IntRange(min=1), help="Beam width (eval.num_beams, default 1)."
@@ -975,7 +975,7 @@ def optimize_command(
     help="Folder for benchmark.md / .csv / .json / .png and config.yaml.",
 )
 @click.option(
-    "--batch-size", default=16, show_default=True, help="Lines per generate call in the timed runs."
+    "--batch-size", default=16, show_default=True, help="Lines decoded per batch in the timed runs."
 )
 @click.option(
     "--runs",

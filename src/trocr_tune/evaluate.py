@@ -119,7 +119,7 @@ def evaluate_bundle(
     runner: Any = None,
     unscored: DropLog | None = None,
 ) -> EvalReport:
-    """Transcribe `samples` with generate (never teacher forcing) and score them.
+    """Transcribe `samples` (greedy or beam search, never teacher forcing) and score them.
 
     Lines whose image does not decode are left out and counted in the report's `unscored`,
     beside what `unscored` (e.g. the split's drops when it was read) already holds.
