@@ -361,7 +361,8 @@ class BeamSupport:
 
 
 class TorchRunner(BeamSupport):
-    """A (possibly modified) Transformers model decoded with `generate`, optionally under autocast."""
+    """A (possibly modified) Transformers model, optionally under autocast: the encoder once, then
+    decoding/search.py's loop for a TrOCR decoder, or `generate` for anything else."""
 
     def __init__(
         self,
