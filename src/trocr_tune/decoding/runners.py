@@ -93,9 +93,9 @@ class CharLMFusion:
                 "eval.lm_fusion needs a character tokenizer (the trocr-tune presets'); "
                 "eval.lm_weight works with any"
             )
-        self.single_ids = [v for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
-        self.single_chars = [cast(str, self.pieces[v]) for v in self.single_ids]
-        self.single_index = np.array(self.single_ids, dtype=np.int64)
+        single = [v for v, p in enumerate(self.pieces) if p is not None and len(p) == 1]
+        self.single_chars = [cast(str, self.pieces[v]) for v in single]
+        self.single_index = np.array(single, dtype=np.int64)
         self.cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _table(self, key: tuple[int, ...], width: int) -> torch.Tensor:
@@ -392,6 +392,10 @@ class TorchRunner(BeamSupport):
         with torch.autocast(device_type=self.device.type, dtype=self.autocast):
             yield
 
+    def _pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        pixels = pixel_values.to(self.device)
+        return pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels
+
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         if self.fast and not settings.no_repeat_ngram_size:
             return self._search_batch(pixel_values, settings)
@@ -412,9 +416,7 @@ class TorchRunner(BeamSupport):
         if cache is not None:
             kwargs["cache"] = cache
         with torch.inference_mode(), self._precision():
-            pixels = pixel_values.to(self.device)
-            if self.channels_last:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            pixels = self._pixels(pixel_values)
             if rescoring or fused:
                 # The encoder runs once: generate decodes from its output and the CTC reads it.
                 states = self.model.encoder(pixel_values=pixels).last_hidden_state
@@ -449,9 +451,7 @@ class TorchRunner(BeamSupport):
     def _search_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         """The same readings as `generate` (tests/decoding/test_search.py), from decoding/search.py's loop."""
         with torch.inference_mode(), self._precision():
-            pixels = pixel_values.to(self.device)
-            if self.channels_last:
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            pixels = self._pixels(pixel_values)
             states = self.model.encoder(pixel_values=pixels).last_hidden_state
             steps = TrOCRSteps(self.model)
             steps.begin(states, settings.num_beams, settings.max_new_tokens)

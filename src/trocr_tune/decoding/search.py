@@ -51,12 +51,8 @@ class TrOCRSteps:
         self.decoder = model.decoder.model.decoder
         self.layers = list(self.decoder.layers)
         self.head = model.decoder.output_projection
-        encoder_size = getattr(model.encoder.config, "hidden_size", None)
-        needs_projection = (
-            encoder_size != model.decoder.config.hidden_size
-            and getattr(model.decoder.config, "cross_attention_hidden_size", None) is None
-        )
-        self.project = model.enc_to_dec_proj if needs_projection else None
+        # VisionEncoderDecoderModel has this projection exactly when its forward applies it.
+        self.project = getattr(model, "enc_to_dec_proj", None)
         first = self.layers[0].self_attn
         self.heads, self.head_dim = first.num_heads, first.head_dim
         self.width = self.heads * self.head_dim

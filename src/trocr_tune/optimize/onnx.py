@@ -36,11 +36,8 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.encoder = model.encoder
         cfg = model.config
-        needs_proj = (
-            cfg.encoder.hidden_size != cfg.decoder.hidden_size
-            and getattr(cfg.decoder, "cross_attention_hidden_size", None) is None
-        )
-        self.proj = model.enc_to_dec_proj if needs_proj else None
+        # VisionEncoderDecoderModel has this projection exactly when its forward applies it.
+        self.proj = getattr(model, "enc_to_dec_proj", None)
         self.layers = model.decoder.model.decoder.layers
         self.heads = cfg.decoder.decoder_attention_heads
 
