@@ -340,3 +340,56 @@ def test_cli_print_share_default_is_the_library_default() -> None:
 
     option = next(p for p in data_synth.params if p.name == "print_share")
     assert option.default == synth.DEFAULT_PRINT_SHARE
+
+
+@needs_fonts
+def test_font_dir_adds_hands_and_synthesis_draws_them(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "fonts"
+    folder.mkdir()
+    source = FONTS["caveat"] if "caveat" in FONTS else next(iter(FONTS.values()))
+    shutil.copy(source, folder / f"My_Hand{source.suffix}")
+    (folder / "README.txt").write_text("not a font", encoding="utf-8")  # ignored: not a font suffix
+    found = synth.font_dir_fonts(folder)
+    assert list(found) == ["my-hand"]
+    fonts = available_fonts(font_dirs=[folder])
+    assert fonts["my-hand"] == folder / f"My_Hand{source.suffix}"
+    assert set(fonts) - {"my-hand"} == set(FONTS)  # the installed hands stay
+    report = synthesize(
+        tmp_path / "out",
+        60,
+        seed=1,
+        height=24,
+        digits_fraction=0,
+        font_dirs=[folder],
+        print_fonts=False,
+        test_fonts=["my-hand"],
+    )
+    rows = read_manifest(tmp_path / "out")
+    assert report.fonts["test"] == ["my-hand"]
+    assert {r["meta"]["font"] for r in rows if r["split"] == "test"} == {"my-hand"}
+    assert "my-hand" not in {r["meta"]["font"] for r in rows if r["split"] == "train"}
+
+
+def test_font_dir_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        synth.font_dir_fonts(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="holds no"):
+        synth.font_dir_fonts(empty)
+    (empty / "broken.ttf").write_bytes(b"not a font at all")
+    with pytest.raises(UserError, match=r"cannot read font .*broken\.ttf"):
+        synth.font_dir_fonts(empty)
+
+
+def test_cli_font_dir_bad_folder_exits_2(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    (tmp_path / "fonts").mkdir()
+    proc = run_cli(
+        "data", "synth", "--out", str(tmp_path / "o"), "--lines", "4", "--font-dir", str(tmp_path / "fonts")
+    )
+    assert proc.returncode == 2
+    assert "holds no" in proc.stderr and "Traceback" not in proc.stderr

@@ -225,6 +225,15 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     type=click.IntRange(min=1),
     help="Rendering processes (default: all CPU cores); output is identical for any number.",
 )
+@click.option(
+    "--font-dir",
+    "font_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A folder of extra handwriting fonts (.ttf/.otf/.woff/.woff2, one hand per file), used "
+    "beside the installed ones; repeatable. scripts/fetch_fonts.py downloads 100+ OFL handwriting "
+    "fonts into one.",
+)
 def data_synth(
     out: Path,
     lines: int,
@@ -240,6 +249,7 @@ def data_synth(
     corpus: Path | None,
     styles: str | None,
     workers: int | None,
+    font_dirs: tuple[Path, ...],
 ) -> None:
     """Render synthetic handwriting lines in the manifest layout (offline, reproducible).
 
@@ -276,6 +286,7 @@ def data_synth(
         corpus=corpus,
         styles=parse_styles(styles),
         workers=workers or os.cpu_count() or 1,
+        font_dirs=font_dirs,
     )
     for row in report.summary():
         click.echo(row)
@@ -359,6 +370,15 @@ data_export.help = (data_export.help or "").replace("CONFIG_HELP", CONFIG_HELP)
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Rendering seed.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Rendering processes.")
+@click.option(
+    "--font-dir",
+    "font_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A folder of extra handwriting fonts (.ttf/.otf/.woff/.woff2, one hand per file), used "
+    "beside the installed ones; repeatable. scripts/fetch_fonts.py downloads 100+ OFL handwriting "
+    "fonts into one.",
+)
 def data_pretrain_set(
     out: Path,
     real: tuple[tuple[Path, str], ...],
@@ -367,6 +387,7 @@ def data_pretrain_set(
     height: int,
     seed: int,
     workers: int | None,
+    font_dirs: tuple[Path, ...],
 ) -> None:
     """Build a base model's pretraining set: real training lines + scan-style synthetic lines.
 
@@ -390,6 +411,7 @@ def data_pretrain_set(
         height=height,
         real_repeat=real_repeat,
         workers=workers or os.cpu_count() or 1,
+        font_dirs=font_dirs,
         progress=click.echo,
     )
     for row in report.summary():

@@ -68,11 +68,13 @@ def build_pretraining_set(
     workers: int = 1,
     kinds: Mapping[str, float] | None = None,
     styles: Mapping[str, float] | None = None,
+    font_dirs: Sequence[str | Path] = (),
     progress: Callable[[str], None] | None = None,
 ) -> PretrainSetReport:
     """Write out_dir/manifest.jsonl: `real_repeat` x each real corpus's training lines + synthetic lines.
 
     `real` names each corpus and its data config (layout, root, split settings as in its recipe).
+    `font_dirs` add their font files to the installed handwriting fonts (synth.font_dir_fonts).
     """
     from .synth import synthesize
 
@@ -136,6 +138,7 @@ def build_pretraining_set(
             workers=workers,
             corpus=corpus,
             styles=styles or PRETRAIN_STYLES,
+            font_dirs=font_dirs,
         )
         synth_counts = {k: v for k, v in synth.counts.items() if v}
         notes += synth.notes

@@ -82,9 +82,35 @@ _PROBE_SIZE = 48
 _GOLDEN = 0.6180339887498949
 
 
-def available_fonts(print_fonts: bool = False) -> dict[str, Path]:
+FONT_SUFFIXES = (".ttf", ".otf", ".woff", ".woff2")
+
+
+def font_dir_fonts(folder: str | Path) -> dict[str, Path]:
+    """Font files (FONT_SUFFIXES) directly in `folder`, slug of the file name -> path.
+
+    Each file is one hand; a file FreeType cannot open fails here, in one line, not mid-render.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"font folder {root} does not exist")
+    found: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.suffix.lower() not in FONT_SUFFIXES or not path.is_file():
+            continue
+        try:
+            ImageFont.truetype(str(path), _PROBE_SIZE)
+        except OSError as exc:
+            raise UserError(f"cannot read font {path}: {exc}") from None
+        found[_slug(path.stem)] = path
+    if not found:
+        raise UserError(f"font folder {root} holds no {'/'.join(FONT_SUFFIXES)} file")
+    return found
+
+
+def available_fonts(print_fonts: bool = False, font_dirs: Iterable[str | Path] = ()) -> dict[str, Path]:
     """Installed handwriting fonts (+ PRINT_FONT_PACKAGES with `print_fonts`), slug -> regular-weight
-    TTF; uninstalled ones are skipped."""
+    TTF; uninstalled ones are skipped. Each of `font_dirs` adds its font files as handwriting fonts
+    (font_dir_fonts); a slug already installed keeps the installed font."""
     found: dict[str, Path] = {}
     packages = {**FONT_PACKAGES, **(PRINT_FONT_PACKAGES if print_fonts else {})}
     for slug, module in packages.items():
@@ -99,6 +125,9 @@ def available_fonts(print_fonts: bool = False) -> dict[str, Path]:
             path = Path(str(root.joinpath(files[0]["path"])))
             if path.is_file():
                 found[slug] = path
+    for folder in font_dirs:
+        for slug, path in font_dir_fonts(folder).items():
+            found.setdefault(slug, path)
     return found
 
 
@@ -481,6 +510,7 @@ def synthesize(
     print_share: float | None = DEFAULT_PRINT_SHARE,
     corpus: str | Path | None = None,
     styles: Mapping[str, float] | None = None,
+    font_dirs: Iterable[str | Path] = (),
 ) -> SynthReport:
     """Render `lines` synthetic lines to out_dir/images/*.png and out_dir/manifest.jsonl.
 
@@ -489,7 +519,8 @@ def synthesize(
     (synth_text.KINDS) to weights; `fonts` overrides available_fonts() (name -> TTF path).
     `print_fonts` adds the installed PRINT_FONT_PACKAGES to the training and validation fonts,
     drawn for `print_share` of their font lines (None: every font equally often); test fonts are
-    always handwriting fonts unless `test_fonts` names others.
+    always handwriting fonts unless `test_fonts` names others. `font_dirs` adds the font files of
+    each folder as handwriting fonts (font_dir_fonts).
 
     `corpus` (a UTF-8 text file, one line of text per line) adds the text kind "corpus" and, when
     `kinds` is None, draws every font line from it. `styles` (synth_scan.STYLES + "plain" ->
@@ -505,7 +536,7 @@ def synthesize(
         raise UserError("digits_fraction must be within [0, 1]")
     if print_share is not None and not 0 <= print_share <= 1:
         raise UserError(f"print_share must be within [0, 1], got {print_share}")
-    chosen_fonts = available_fonts(print_fonts) if fonts is None else fonts
+    chosen_fonts = available_fonts(print_fonts, font_dirs) if fonts is None else fonts
     font_paths = {k: str(v) for k, v in chosen_fonts.items()}
     notes = []
     if not font_paths and digits_fraction < 1:
