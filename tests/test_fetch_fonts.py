@@ -76,7 +76,7 @@ def test_fetches_pinned_fonts_from_a_registry_into_a_font_dir(tmp_path: Path) ->
     assert set(font_dir_fonts(out)) == {"hand-a", "hand-b"}  # ready for --font-dir
 
 
-def test_pinned_families_are_unique_and_versioned() -> None:
+def test_every_family_is_pinned_to_a_version() -> None:
     script = load_script()
     assert len(script.FAMILIES) >= 100
     assert all(v.count(".") == 2 for v in script.FAMILIES.values())
