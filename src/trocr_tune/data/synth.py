@@ -390,7 +390,7 @@ def _styled_sample(
     """A line in a scan style: fonts that lack a glyph of the text are skipped and counted."""
     names = plan.split_fonts[split]
     styles = dict(plan.styles)
-    skipped: list[str] = []  # fonts that could not draw a drawn text
+    skipped: list[str] = []  # fonts that could not draw the text that was drawn
     uncovered: list[str] = []  # characters of texts no font of the split can draw
     dropped = 0  # texts no font of the split can draw
     for _ in range(100):
@@ -405,17 +405,18 @@ def _styled_sample(
         )
         first = pool[int(rng.integers(len(pool)))]
         order = [first, *(n for n in names if n != first)]
-        font = None
+        font, tried = None, []
         for name in order:
             shown = text.upper() if caps_only(plan.fonts[name]) else text
             if not missing_chars(plan.fonts[name], shown):
                 font, text = name, shown
                 break
-            skipped.append(name)
-        if font is None:
+            tried.append(name)
+        if font is None:  # a dropped text is counted once, not as a skip of every font
             uncovered.extend(set.intersection(*(set(missing_chars(plan.fonts[n], text)) for n in names)))
             dropped += 1
             continue
+        skipped.extend(tried)
         labels = sorted(plan.printed) or [font]
         label_font = plan.fonts[labels[int(rng.integers(len(labels)))]]
 
