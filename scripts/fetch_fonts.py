@@ -151,13 +151,16 @@ def extract(name: str, tarball: bytes, out: Path) -> dict[str, str]:
     with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
         for member in archive.getmembers():
             base = member.name.rsplit("/", 1)[-1]
-            target = {wanted: f"{name}.woff"}.get(base) or (
-                f"{name}.LICENSE" if base.upper().startswith("LICENSE") else None
-            )
-            data = archive.extractfile(member) if member.isfile() and target else None
-            if data is not None and target is not None:
+            if base == wanted:
+                key, target = "file", f"{name}.woff"
+            elif base.upper().startswith("LICENSE"):
+                key, target = "licence", f"{name}.LICENSE"
+            else:
+                continue
+            data = archive.extractfile(member) if member.isfile() else None
+            if data is not None:
                 (out / target).write_bytes(data.read())
-                found["file" if target.endswith(".woff") else "licence"] = target
+                found[key] = target
     if "file" not in found:
         raise ValueError(f"{name}: the package has no {wanted}")
     return found

@@ -57,6 +57,18 @@ def _layouts_help() -> str:
     )
 
 
+# data synth and data pretrain-set draw in the same fonts.
+FONT_DIR_OPTION = click.option(
+    "--font-dir",
+    "font_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A folder of extra handwriting fonts (.ttf/.otf/.woff/.woff2, one hand per file), used "
+    "beside the installed ones; repeatable. scripts/fetch_fonts.py downloads 115 handwriting "
+    "fonts (OFL or Apache 2.0) into one.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="trocr-tune")
 def cli() -> None:
@@ -225,15 +237,7 @@ def data_preview(args: tuple[str, ...], out: Path, count: int, split: str) -> No
     type=click.IntRange(min=1),
     help="Rendering processes (default: all CPU cores); output is identical for any number.",
 )
-@click.option(
-    "--font-dir",
-    "font_dirs",
-    multiple=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="A folder of extra handwriting fonts (.ttf/.otf/.woff/.woff2, one hand per file), used "
-    "beside the installed ones; repeatable. scripts/fetch_fonts.py downloads 100+ OFL handwriting "
-    "fonts into one.",
-)
+@FONT_DIR_OPTION
 def data_synth(
     out: Path,
     lines: int,
@@ -370,15 +374,7 @@ data_export.help = (data_export.help or "").replace("CONFIG_HELP", CONFIG_HELP)
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Rendering seed.")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Rendering processes.")
-@click.option(
-    "--font-dir",
-    "font_dirs",
-    multiple=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="A folder of extra handwriting fonts (.ttf/.otf/.woff/.woff2, one hand per file), used "
-    "beside the installed ones; repeatable. scripts/fetch_fonts.py downloads 100+ OFL handwriting "
-    "fonts into one.",
-)
+@FONT_DIR_OPTION
 def data_pretrain_set(
     out: Path,
     real: tuple[tuple[Path, str], ...],
