@@ -113,6 +113,28 @@ def test_onnx_greedy_equals_pytorch_greedy(bundle, images, baseline) -> None:
             assert a.text == b.text and a.confidence == pytest.approx(b.confidence, abs=1e-4)
 
 
+def test_onnx_graphs_of_the_old_layout_are_refused_in_one_line(bundle, tmp_path: Path) -> None:
+    """Graphs exported before one cross-attention copy per image (a decoder without `beam_rows`)
+    cannot be read by this runner: a clear error says to re-export them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trocr_tune.decoding.onnx import OnnxRunner
+    from trocr_tune.errors import UserError
+
+    for name, inputs in (("encoder.onnx", ["pixel_values"]), ("decoder.onnx", ["input_ids", "past_key_0"])):
+        graph = helper.make_graph(
+            [helper.make_node("Identity", [inputs[0]], ["out"])],
+            "old",
+            [helper.make_tensor_value_info(i, TensorProto.FLOAT, None) for i in inputs],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / name)
+    expected = r"predate one cross-attention copy per image.*re-run trocr-tune optimize"
+    with pytest.raises(UserError, match=expected):
+        OnnxRunner(tmp_path, bundle)
+
+
 def test_onnx_int8_within_tolerance(bundle, images, baseline) -> None:
     texts = decode(bundle, images, VARIANTS["onnx-int8"].apply(bundle, OptimizeConfig(), CPU))
     assert compute_metrics(texts, baseline).cer <= LOSSY_CER_TOLERANCE

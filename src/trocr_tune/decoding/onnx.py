@@ -1,10 +1,11 @@
 """The ONNX Runtime runner: decoding over the graphs `optimize/onnx.py` exports.
 
 `encoder.onnx` maps pixels to every decoder layer's cross-attention keys and values (once per
-image) and to the encoder's states (for CTC rescoring); `decoder.onnx` is one step with the
-self-attention past as plain tensors. Greedy decoding runs in a loop of its own; beam search, LM
-fusion and rescoring run the engine's search (decoding/search.py) over `OrtSteps`, and rescore on
-the torch model's heads like every runner.
+image) and to the encoder's states (for CTC rescoring); `decoder.onnx` is one step for `beams`
+rows per image, with the self-attention past as plain tensors and the rows of it each row
+continues (`beam_rows`: the beam reorder runs inside the graph). Greedy decoding runs in a loop of
+its own; beam search, LM fusion and rescoring run the engine's search (decoding/search.py) over
+`OrtSteps`, and rescore on the torch model's heads like every runner.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 ENCODER_STATES = "encoder_states"  # the encoder graph's last output: what CTC rescoring reads
+BEAM_ROWS = "beam_rows"  # the decoder graph's input: which past row each row continues
 
 
 def require_ort() -> Any:
@@ -36,25 +38,30 @@ def require_ort() -> Any:
 
 
 class OrtSteps:
-    """The search's decoder steps (decoding/search.py `Steps`) over the decoder graph: one row
-    per beam, its past and cross-attention keys/values reordered with the beams."""
+    """The search's decoder steps (decoding/search.py `Steps`) over the decoder graph: one copy of
+    each image's cross-attention keys/values; the beam reorder is the graph's gather of `beam_rows`."""
 
     def __init__(self, session: Any, cross: dict[str, np.ndarray], beams: int, past_names: list[str]) -> None:
         self.session, self.past_names, self.device = session, past_names, torch.device("cpu")
-        self.cross = {name: np.repeat(value, beams, axis=0) for name, value in cross.items()}
-        rows, heads, _, head_dim = next(iter(self.cross.values())).shape
+        self.cross, self.beams = cross, beams
+        images, heads = next(iter(cross.values())).shape[:2]
+        head_dim = cross[next(n for n in cross if "value" in n)].shape[-1]
+        rows = images * beams
         self.past = {name: np.zeros((rows, heads, 0, head_dim), np.float32) for name in past_names}
+        self.rows = np.arange(rows, dtype=np.int64)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        ids = tokens.view(-1, 1).numpy().astype(np.int64)
-        logits, *present = self.session.run(None, {"input_ids": ids, **self.past, **self.cross})
+        ids = tokens.view(-1, self.beams).numpy().astype(np.int64)
+        feed = {"input_ids": ids, BEAM_ROWS: self.rows.reshape(ids.shape), **self.past, **self.cross}
+        logits, *present = self.session.run(None, feed)
         self.past = dict(zip(self.past_names, present, strict=True))
+        self.rows = np.arange(ids.size, dtype=np.int64)
         return torch.from_numpy(logits)
 
     def keep(self, rows: torch.Tensor, images: torch.Tensor | None = None) -> None:
-        index = rows.numpy()
-        self.past = {name: np.ascontiguousarray(value[index]) for name, value in self.past.items()}
+        self.rows = rows.numpy().astype(np.int64)
         if images is not None:
+            index = images.numpy()
             self.cross = {name: np.ascontiguousarray(value[index]) for name, value in self.cross.items()}
 
 
@@ -83,6 +90,11 @@ class OnnxRunner(BeamSupport):
         self.past_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("past_")]
         self.cross_names = [i.name for i in self.decoder.get_inputs() if i.name.startswith("cross_")]
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        if BEAM_ROWS not in {i.name for i in self.decoder.get_inputs()}:
+            raise UserError(
+                f"{folder}: these graphs predate one cross-attention copy per image (no {BEAM_ROWS} "
+                "input); re-run trocr-tune optimize for this variant"
+            )
 
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         pixels = pixel_values.detach().cpu().float()
@@ -102,24 +114,33 @@ class OnnxRunner(BeamSupport):
             return self._read(steps, pixels, None if states is None else torch.from_numpy(states), settings)
 
     def _greedy(self, cross: dict[str, np.ndarray], steps: int) -> list[Prediction]:
-        """Greedy decoding in ONNX Runtime alone (no torch in the loop)."""
+        """Greedy decoding in ONNX Runtime alone (no torch in the loop); a line leaves the batch
+        (its past rows and cross keys) at its end of line."""
         b = next(iter(cross.values())).shape[0]
-        past = {name: np.zeros((b, self.heads, 0, self.head_dim), np.float32) for name in self.past_names}
+        heads, head_dim = self.heads, self.head_dim
+        past = {name: np.zeros((b, heads, 0, head_dim), np.float32) for name in self.past_names}
+        alive = np.arange(b)
+        rows = alive[:, None]
         ids = np.full((b, 1), self.start, np.int64)
-        finished = np.zeros(b, bool)
-        tokens, logps = [], []
-        for _ in range(steps):
-            logits, *present = self.decoder.run(None, {"input_ids": ids, **past, **cross})
-            shifted = logits - logits.max(axis=-1, keepdims=True)
-            logprobs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-            token = logprobs.argmax(axis=-1)
-            token = np.where(finished, self.pad, token)
-            tokens.append(token)
-            logps.append(logprobs[np.arange(b), token])
-            finished |= token == self.eos
+        tokens = np.full((b, steps), self.pad, np.int64)
+        logps = np.zeros((b, steps), np.float32)
+        for t in range(steps):
+            logits, *present = self.decoder.run(None, {"input_ids": ids, BEAM_ROWS: rows, **past, **cross})
+            logits = logits.astype(np.float32, copy=False)
+            token = logits.argmax(axis=-1)
+            top = logits[np.arange(len(token)), token]
+            shifted = logits - top[:, None]
+            tokens[alive, t] = token
+            logps[alive, t] = -np.log(np.exp(shifted).sum(axis=-1))
             past = dict(zip(self.past_names, present, strict=True))
-            ids = token[:, None].astype(np.int64)
-            if finished.all():
+            going = np.nonzero(token != self.eos)[0]
+            if len(going) == 0:
                 break
-        generated = np.stack(tokens, axis=1).tolist()
-        return decode_predictions(self.tokenizer, generated, torch.from_numpy(np.stack(logps, axis=1)))
+            if len(going) < len(alive):
+                alive, token = alive[going], token[going]
+                cross = {name: np.ascontiguousarray(value[going]) for name, value in cross.items()}
+            rows = going[:, None].astype(np.int64)
+            ids = token[:, None].astype(np.int64)
+        written = (tokens != self.pad) * np.arange(1, steps + 1)
+        end = max(1, int(written.max())) if b else 1
+        return decode_predictions(self.tokenizer, tokens[:, :end].tolist(), torch.from_numpy(logps[:, :end]))

@@ -3,11 +3,14 @@
 Optimum's exporter pins transformers < 4.58, so the graphs are exported here:
 - `encoder.onnx`: pixel_values -> the cross-attention keys and values of every decoder layer
   (computed once per image, as a KV cache would), and the encoder's states (CTC rescoring);
-- `decoder.onnx`: one decoding step: token ids + self-attention past keys/values + cross
-  keys/values -> next-token logits + the grown past.
+- `decoder.onnx`: one decoding step for `beams` rows per image: token ids (images, beams), the
+  rows of the past each row continues (`beam_rows`), the self-attention past and each image's
+  cross keys/values -> next-token logits + the grown past. The beams of an image attend to its
+  one copy of the cross keys in one product, and the beam reorder is a gather inside the graph, so
+  no copy of the past is made outside it (docs/benchmark.md, "Beam search in ONNX Runtime").
 The decoder step is written from the TrOCR decoder's own modules (post-LN layers, learned or
-sinusoidal positions) so the graph has plain tensor inputs; a parity test checks that its
-greedy output equals PyTorch `generate`.
+sinusoidal positions) so the graph has plain tensor inputs; parity tests check its readings
+against the torch engine's.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..decoding.onnx import DECODER_FILE, ENCODER_FILE, ENCODER_STATES, OnnxRunner, require_ort
+from ..decoding.onnx import BEAM_ROWS, DECODER_FILE, ENCODER_FILE, ENCODER_STATES, OnnxRunner, require_ort
 from ..errors import UserError
 from ..model.loading import ModelBundle
 
@@ -48,7 +51,8 @@ class EncoderGraph(nn.Module):
         out = []
         for layer in self.layers:
             attn = layer.encoder_attn
-            out.append(attn.k_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
+            # Keys as (images, heads, head_dim, source), ready for the query product.
+            out.append(attn.k_proj(hidden).view(b, s, self.heads, -1).permute(0, 2, 3, 1))
             out.append(attn.v_proj(hidden).view(b, s, self.heads, -1).transpose(1, 2))
         return (*out, states)  # the encoder's own states last: beam rescoring reads their CTC
 
@@ -76,38 +80,35 @@ class DecoderStep(nn.Module):
         table = self.embed_positions.weights.to(self.embed_tokens.weight.dtype)
         return table[past_length + self.padding_idx + 1].expand(input_ids.shape[0], 1, -1)
 
-    def _heads(self, t: torch.Tensor, head_dim: int) -> torch.Tensor:
-        """(batch, seq, heads * head_dim) -> (batch, heads, seq, head_dim)."""
-        return t.view(t.shape[0], -1, self.heads, head_dim).transpose(1, 2)
-
-    @staticmethod
-    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-        return weights @ v
-
-    def forward(self, input_ids: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, beam_rows: torch.Tensor, *cache: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """input_ids (images, beams); beam_rows (images, beams): the past row each row continues."""
         n = len(self.layers)
         past, cross = cache[: 2 * n], cache[2 * n :]
+        images, beams = input_ids.shape
+        rows = beam_rows.reshape(-1)
         past_length = torch.tensor(past[0].shape[2], dtype=torch.long)
-        x = self.embed_tokens(input_ids) + self._positions(input_ids, past_length)
+        ids = input_ids.reshape(-1, 1)
+        x = (self.embed_tokens(ids) + self._positions(ids, past_length))[:, 0]
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        b = x.shape[0]
         present = []
         for i, layer in enumerate(self.layers):
             sa = layer.self_attn
-            q = self._heads(sa.q_proj(x) * sa.scaling, sa.head_dim)
-            k = torch.cat([past[2 * i], self._heads(sa.k_proj(x), sa.head_dim)], dim=2)
-            v = torch.cat([past[2 * i + 1], self._heads(sa.v_proj(x), sa.head_dim)], dim=2)
+            h, d = self.heads, sa.head_dim
+            q = (sa.q_proj(x) * sa.scaling).view(-1, h, 1, d)
+            k = torch.cat([past[2 * i].index_select(0, rows), sa.k_proj(x).view(-1, h, 1, d)], dim=2)
+            v = torch.cat([past[2 * i + 1].index_select(0, rows), sa.v_proj(x).view(-1, h, 1, d)], dim=2)
             present += [k, v]
-            attn = self._attend(q, k, v).transpose(1, 2).reshape(b, 1, -1)
-            x = layer.self_attn_layer_norm(x + sa.out_proj(attn))
+            mixed = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+            x = layer.self_attn_layer_norm(x + sa.out_proj(mixed.reshape(x.shape)))
             ca = layer.encoder_attn
-            q = ca.q_proj(x).view(b, -1, self.heads, ca.head_dim).transpose(1, 2) * ca.scaling
-            attn = self._attend(q, cross[2 * i], cross[2 * i + 1]).transpose(1, 2).reshape(b, 1, -1)
-            x = layer.encoder_attn_layer_norm(x + ca.out_proj(attn))
+            q = (ca.q_proj(x) * ca.scaling).view(images, beams, h, d).transpose(1, 2)
+            mixed = (torch.softmax(q @ cross[2 * i], dim=-1) @ cross[2 * i + 1]).transpose(1, 2)
+            x = layer.encoder_attn_layer_norm(x + ca.out_proj(mixed.reshape(x.shape)))
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
-        logits = self.output_projection(x)[:, -1, :]
+        logits = self.output_projection(x)
         return (logits, *present)
 
 
@@ -121,16 +122,20 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
     dec_cfg = model.config.decoder
     n, heads = dec_cfg.decoder_layers, dec_cfg.decoder_attention_heads
     head_dim = dec_cfg.d_model // heads
-    batch = Dim("batch", min=1, max=4096)
+    batch, beams = Dim("images", min=1, max=4096), Dim("beams", min=1, max=256)
+    past_rows = Dim("past_rows", min=1, max=1 << 20)
     past_len, enc_len = Dim("past", min=0, max=8192), Dim("source", min=1, max=65536)
     pixels = torch.zeros(2, 3, height, width)
     encoder, step = EncoderGraph(model).eval(), DecoderStep(model).eval()
     with torch.inference_mode():
         cross = encoder(pixels)[:-1]
-    past = tuple(torch.zeros(2, heads, 3, head_dim) for _ in range(2 * n))
-    ids = torch.ones(2, 1, dtype=torch.long)
+    # Example sizes all different, so the exporter ties no two of them together.
+    past = tuple(torch.zeros(5, heads, 4, head_dim) for _ in range(2 * n))
+    ids = torch.ones(2, 3, dtype=torch.long)
+    beam_rows = torch.tensor([[0, 1, 2], [3, 4, 4]])
     names_past = [f"past_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
     names_cross = [f"cross_{kind}_{i}" for i in range(n) for kind in ("key", "value")]
+    cross_dims = [{0: batch, 3: enc_len} if i % 2 == 0 else {0: batch, 2: enc_len} for i in range(2 * n)]
     out_dir.mkdir(parents=True, exist_ok=True)
     enc_path, dec_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
     log = io.StringIO()
@@ -154,16 +159,17 @@ def export(model: Any, out_dir: Path, height: int, width: int, opset: int = 18) 
             )
             torch.onnx.export(
                 step,
-                (ids, *past, *cross),
+                (ids, beam_rows, *past, *cross),
                 str(dec_path),
                 dynamo=True,
                 opset_version=opset,
                 external_data=False,
-                input_names=["input_ids", *names_past, *names_cross],
+                input_names=["input_ids", BEAM_ROWS, *names_past, *names_cross],
                 output_names=["logits", *[n.replace("past_", "present_") for n in names_past]],
                 dynamic_shapes=(
-                    {0: batch},
-                    (*({0: batch, 2: past_len} for _ in past), *({0: batch, 2: enc_len} for _ in cross)),
+                    {0: batch, 1: beams},
+                    {0: batch, 1: beams},
+                    (*({0: past_rows, 2: past_len} for _ in past), *cross_dims),
                 ),
             )
     finally:
@@ -258,7 +264,7 @@ def why_not(facts: dict[str, Any], int8: bool) -> str:
     )
     if facts.get("beams", 1) > 1:
         parts.append(
-            "with beams, the decoder graph reads a copy of the image's cross-attention keys per beam and "
-            "its past is copied at every step and reorder, where the torch engine keeps one copy per image"
+            "with beams, only the decoder steps run in ONNX Runtime: the search around them, LM fusion and "
+            "the rescoring run in the same torch code as fp32's"
         )
     return "; ".join(parts)
