@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .results import Prediction, decode_predictions
+from .results import Prediction, decode_predictions, written_end
 from .runners import BeamSupport
 from .settings import DecodeSettings
 
@@ -41,14 +41,12 @@ class OrtSteps:
     """The search's decoder steps (decoding/search.py `Steps`) over the decoder graph: one copy of
     each image's cross-attention keys/values; the beam reorder is the graph's gather of `beam_rows`."""
 
-    def __init__(self, session: Any, cross: dict[str, np.ndarray], beams: int, past_names: list[str]) -> None:
-        self.session, self.past_names, self.device = session, past_names, torch.device("cpu")
-        self.cross, self.beams = cross, beams
-        images, heads = next(iter(cross.values())).shape[:2]
-        head_dim = cross[next(n for n in cross if "value" in n)].shape[-1]
-        rows = images * beams
-        self.past = {name: np.zeros((rows, heads, 0, head_dim), np.float32) for name in past_names}
-        self.rows = np.arange(rows, dtype=np.int64)
+    def __init__(
+        self, session: Any, cross: dict[str, np.ndarray], beams: int, past: dict[str, np.ndarray]
+    ) -> None:
+        self.session, self.past_names, self.device = session, list(past), torch.device("cpu")
+        self.cross, self.beams, self.past = cross, beams, past
+        self.rows = np.arange(next(iter(past.values())).shape[0], dtype=np.int64)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         ids = tokens.view(-1, self.beams).numpy().astype(np.int64)
@@ -125,16 +123,20 @@ class OnnxRunner(BeamSupport):
                 f"{self.folder}: these graphs predate CTC rescoring in ONNX Runtime (no {ENCODER_STATES} "
                 "output); re-run trocr-tune optimize for this variant"
             )
-        steps = OrtSteps(decoder, cross, settings.num_beams, self.past_names)
+        rows = len(pixels) * settings.num_beams
+        steps = OrtSteps(decoder, cross, settings.num_beams, self._empty_past(rows))
         with torch.inference_mode():
             return self._read(steps, pixels, None if states is None else torch.from_numpy(states), settings)
+
+    def _empty_past(self, rows: int) -> dict[str, np.ndarray]:
+        """Every layer's self-attention past before the first step: `rows` rows of length 0."""
+        return {name: np.zeros((rows, self.heads, 0, self.head_dim), np.float32) for name in self.past_names}
 
     def _greedy(self, cross: dict[str, np.ndarray], steps: int) -> list[Prediction]:
         """Greedy decoding in ONNX Runtime alone (no torch in the loop); a line leaves the batch
         (its past rows and cross keys) at its end of line."""
         b = next(iter(cross.values())).shape[0]
-        heads, head_dim = self.heads, self.head_dim
-        past = {name: np.zeros((b, heads, 0, head_dim), np.float32) for name in self.past_names}
+        past = self._empty_past(b)
         alive = np.arange(b)
         rows = alive[:, None]
         ids = np.full((b, 1), self.start, np.int64)
@@ -157,6 +159,5 @@ class OnnxRunner(BeamSupport):
                 cross = {name: np.ascontiguousarray(value[going]) for name, value in cross.items()}
             rows = going[:, None].astype(np.int64)
             ids = token[:, None].astype(np.int64)
-        written = (tokens != self.pad) * np.arange(1, steps + 1)
-        end = max(1, int(written.max())) if b else 1
+        end = written_end(torch.from_numpy(tokens), self.pad)
         return decode_predictions(self.tokenizer, tokens[:, :end].tolist(), torch.from_numpy(logps[:, :end]))

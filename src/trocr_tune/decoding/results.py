@@ -24,6 +24,12 @@ def sequence_end(ids: Sequence[int], eos: int, pad: int) -> tuple[int, int]:
     return len(ids), len(ids)
 
 
+def written_end(ids: torch.Tensor, pad: int) -> int:
+    """Columns of a (lines, steps) id batch up to the last token any line wrote (the rest is padding)."""
+    written = (ids != pad) * torch.arange(1, ids.shape[-1] + 1, device=ids.device)
+    return max(1, int(written.max())) if len(ids) else 1
+
+
 def decode_predictions(
     tokenizer: Any, generated: list[list[int]], logprobs: torch.Tensor
 ) -> list[Prediction]:

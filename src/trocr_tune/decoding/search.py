@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from .results import written_end
+
 # Generation-config fields whose non-default values add a logits processor or stopping rule
 # this search does not implement: with any of them set, `generate` decodes.
 _PLAIN_GENERATION = {
@@ -275,7 +277,5 @@ def search(
     picked = slice(None) if all_beams else slice(0, 1)
     ids = out_ids[:, picked, 1:].reshape(-1, total)
     logp = out_own[:, picked].reshape(-1, total)
-    # Cropped after the last token any reading wrote (the rest is padding).
-    written = (ids != pad) * torch.arange(1, total + 1, device=device)
-    end = max(1, int(written.max())) if len(ids) else 1
+    end = written_end(ids, pad)
     return ids[:, :end].tolist(), logp[:, :end].cpu()
