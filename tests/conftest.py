@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -339,6 +341,23 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [trocr_tune_bin(), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess[str]:
+    """The console-script function (`trocr_tune.cli:main`) in this process, read as run_cli reads
+    the installed script: exit code, stdout, stderr. Each test keeps one run_cli for the real
+    script; the other calls use this, because a second interpreter start-up costs ~8 s here."""
+    from trocr_tune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as ended:
+            code = ended.code
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(["trocr-tune", *args], returncode, out.getvalue(), err.getvalue())
 
 
 TINY_MODEL = [

@@ -11,7 +11,7 @@ from trocr_tune.config import load_config
 from trocr_tune.optimize.run import optimize_model
 from trocr_tune.runtime import cpu_has_native_bf16
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 
 def test_benchmark_cli_writes_four_files_with_every_column_filled(
@@ -155,7 +155,7 @@ def test_benchmark_rejects_an_artifact_as_baseline(tiny_run: Path, words: Path, 
         str(tmp_path / "b"),
     )
     assert proc.returncode == 2 and "MODEL must be the fp32 checkpoint" in proc.stderr
-    bad = run_cli(
+    bad = run_main(
         "benchmark",
         str(tiny_run / "model"),
         "data.layout=manifest",

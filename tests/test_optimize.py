@@ -23,7 +23,7 @@ from trocr_tune.optimize.run import generate_flops, optimize_model, parameter_co
 from trocr_tune.optimize.structured import prune_structured
 from trocr_tune.runtime import cpu_has_native_bf16
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 CPU = torch.device("cpu")
 # Stated tolerance for the lossy variants (int8 / bf16) on the fixture: absolute CER difference.
@@ -311,7 +311,7 @@ def test_optimize_cli_and_artifacts_load_everywhere(tiny_run: Path, words: Path,
     )
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == 4
-    pred = run_cli(
+    pred = run_main(
         "predict", str(tmp_path / "int8-dynamic"), json.loads(words.read_text().splitlines()[0])["image"]
     )
     assert pred.returncode == 0 and pred.stdout.count("\t") == 2
@@ -323,7 +323,7 @@ def test_optimize_cli_and_artifacts_load_everywhere(tiny_run: Path, words: Path,
     assert (tmp_path / "onnx" / "encoder.onnx").is_file() and (tmp_path / "onnx" / "decoder.onnx").is_file()
     recipe = tmp_path / "ft.yaml"
     recipe.write_text(f"data:\n  layout: manifest\n  root: {words}\n")
-    bad = run_cli(
+    bad = run_main(
         "optimize",
         model,
         "--variant",
@@ -334,7 +334,7 @@ def test_optimize_cli_and_artifacts_load_everywhere(tiny_run: Path, words: Path,
         str(recipe),
     )
     assert bad.returncode == 2 and "--finetune applies to the variants that change the weights" in bad.stderr
-    again = run_cli(
+    again = run_main(
         "optimize", str(tmp_path / "int8-dynamic"), "--variant", "onnx", "--out", str(tmp_path / "y")
     )
     assert again.returncode == 2 and "already a int8-dynamic artifact" in again.stderr

@@ -25,7 +25,7 @@ from trocr_tune.model.loading import load_bundle
 from trocr_tune.train import train
 
 from builders import build_roberta_style_checkpoint, word_manifest
-from conftest import SHARED_DATA, TINY_MODEL, run_cli
+from conftest import SHARED_DATA, TINY_MODEL, run_cli, run_main
 
 TINY = TINY_MODEL
 
@@ -240,7 +240,7 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
         path, _text, confidence = line.split("\t")
         assert path == image and float(confidence) <= 0
     # (also the joint CTC-attention decoding path: 3 beams rescored by the encoder's CTC)
-    shard = run_cli(
+    shard = run_main(
         "predict",
         model,
         str(words),
@@ -258,10 +258,10 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
     assert shard.returncode == 0, shard.stderr[-2000:]
     predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(predicted) == len(rows) - len(rows) // 2
-    folder = run_cli("predict", model, str(Path(images[0]).parent), "--out", str(tmp_path / "p.csv"))
+    folder = run_main("predict", model, str(Path(images[0]).parent), "--out", str(tmp_path / "p.csv"))
     assert folder.returncode == 0 and (tmp_path / "p.csv").read_text().startswith("image,text,confidence")
     grid = tmp_path / "grid.png"
-    proc = run_cli(
+    proc = run_main(
         "data",
         "preview",
         "data.layout=manifest",
@@ -275,9 +275,9 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     with Image.open(grid) as im:
         assert im.width > 300 and im.height > 100
-    bad = run_cli("predict", model, str(tmp_path / "missing.png"))
+    bad = run_main("predict", model, str(tmp_path / "missing.png"))
     assert bad.returncode == 2 and "not found" in bad.stderr
-    bonus_alone = run_cli("predict", model, images[0], "--num-beams", "2", "--length-bonus", "1")
+    bonus_alone = run_main("predict", model, images[0], "--num-beams", "2", "--length-bonus", "1")
     assert bonus_alone.returncode == 2 and "need eval.ctc_rescore" in bonus_alone.stderr
 
 
