@@ -345,8 +345,8 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
 
 def run_main(*args: str) -> subprocess.CompletedProcess[str]:
     """The console-script function (`trocr_tune.cli:main`) in this process, read as run_cli reads
-    the installed script: exit code, stdout, stderr. Each test keeps one run_cli for the real
-    script; the other calls use this, because a second interpreter start-up costs ~8 s here."""
+    the installed script: exit code, stdout, stderr. For the second and later calls of a test to a
+    command that loads a model (each new interpreter imports torch and Transformers again: ~8 s)."""
     from trocr_tune.cli import main
 
     out, err = io.StringIO(), io.StringIO()

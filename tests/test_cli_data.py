@@ -16,7 +16,7 @@ from trocr_tune.config import load_config
 from trocr_tune.data.check import check_dataset
 from trocr_tune.data.layouts import LAYOUTS
 
-from conftest import line_image, run_cli, run_main
+from conftest import line_image, run_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -76,7 +76,7 @@ def test_data_check_kaggle_on_defaults_writes_manifest(kaggle_dir: Path, tmp_pat
     assert report["splits"]["train"]["alphabet"]["A"] == 3  # BALTHAZAR
     assert (tmp_path / "out.config.yaml").is_file()
     # The manifest reads back as the manifest layout.
-    again = run_main("data", "check", "data.layout=manifest", f"data.root={out}")
+    again = run_cli("data", "check", "data.layout=manifest", f"data.root={out}")
     assert again.returncode == 0, again.stderr
 
 
@@ -96,7 +96,7 @@ def test_data_check_every_layout_on_defaults(
 ) -> None:
     root = request.getfixturevalue(fixture_name)
     out = tmp_path / "m.jsonl"
-    proc = run_main(
+    proc = run_cli(
         "data",
         "check",
         f"data.layout={layout}",
@@ -116,8 +116,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path) -> None:
         ["data.layout=alto", f"data.root={tmp_path / 'missing'}"],
         [str(tmp_path / "nope.yaml")],
     ):
-        # The first through the installed script (nothing else reaches its stderr), the rest in-process.
-        proc = (run_main if args != ["data.layot=alto"] else run_cli)("data", "check", *args)
+        proc = run_cli("data", "check", *args)
         assert proc.returncode == 2, args
         assert proc.stderr.startswith("trocr-tune: error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert "Traceback" not in proc.stderr

@@ -14,7 +14,7 @@ from trocr_tune.data.synth import available_fonts, missing_chars, render_scan_li
 from trocr_tune.data.synth_scan import STYLES, parse_styles
 from trocr_tune.errors import UserError
 
-from conftest import run_cli, run_main
+from conftest import run_cli
 
 FONTS = available_fonts(print_fonts=True)
 needs_fonts = pytest.mark.skipif(len(FONTS) < 4, reason="needs the fontpkg-* fonts")
@@ -130,7 +130,7 @@ def test_cli_synth_corpus_reports_styles_and_uncovered(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "styles: form " in result.stdout and "no font draws: '̃'" in result.stdout
     assert len(read_manifest(out)) == 30
-    bad = run_main("data", "synth", "--out", str(out), "--lines", "3", "--styles", "fax=1")
+    bad = run_cli("data", "synth", "--out", str(out), "--lines", "3", "--styles", "fax=1")
     assert bad.returncode == 2 and "unknown scan style 'fax'" in bad.stderr
 
 
@@ -144,7 +144,7 @@ def test_export_then_pretrain_set_keep_splits_and_never_use_test(manifest_dir: P
     rows = read_manifest(exported)
     assert rows and all(Image.open(exported / r["image"]).height <= 16 for r in rows)
     # The exported folder reads back as the same samples in the same splits.
-    check = run_main("data", "check", "data.layout=manifest", f"data.root={exported / 'manifest.jsonl'}")
+    check = run_cli("data", "check", "data.layout=manifest", f"data.root={exported / 'manifest.jsonl'}")
     assert check.returncode == 0, check.stderr
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("data:\n  layout: manifest\n", encoding="utf-8")

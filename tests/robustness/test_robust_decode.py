@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from trocr_tune.cli import main
 from trocr_tune.config import EvalConfig
 from trocr_tune.data.records import LineSample
 from trocr_tune.evaluate import evaluate_bundle
 from trocr_tune.model.loading import load_bundle
 
 from builders import build_char_checkpoint, png_claiming_size, truncated_image
-from conftest import line_image
+from conftest import line_image, run_main
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz "
 
@@ -40,25 +39,15 @@ def manifest_with_a_truncated_image(root: Path, missing: bool = False) -> Path:
     return root
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """The CLI entry point in this process (no interpreter start-up): exit code, stdout, stderr."""
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    out = capsys.readouterr()
-    return int(done.value.code or 0), out.out, out.err
-
-
-def test_row04_evaluate_reports_every_line_it_could_not_score(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_row04_evaluate_reports_every_line_it_could_not_score(checkpoint: Path, tmp_path: Path) -> None:
     root = manifest_with_a_truncated_image(tmp_path / "data", missing=True)
     report = tmp_path / "report"
-    code, out, err = run(
-        capsys, "evaluate", str(checkpoint), "data.layout=manifest", f"data.root={root}", "--out", str(report)
+    proc = run_main(
+        "evaluate", str(checkpoint), "data.layout=manifest", f"data.root={root}", "--out", str(report)
     )
-    assert code == 0, err
-    assert "3 lines" in out and "not scored: 2 lines of the split" in out
-    assert "image file missing" in out and "truncated image file" in out
+    assert proc.returncode == 0, proc.stderr
+    assert "3 lines" in proc.stdout and "not scored: 2 lines of the split" in proc.stdout
+    assert "image file missing" in proc.stdout and "truncated image file" in proc.stdout
     metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["n"] == 3 and metrics["unscored"] == 2
     assert metrics["unscored_by_reason"] == {"image file missing": 1, "truncated image file": 1}
@@ -84,9 +73,7 @@ def test_row08_references_longer_than_the_decoder_are_capped_and_reported(
     assert report.summary()["notes"] == report.notes
 
 
-def test_row11_predict_skips_bad_images_and_answers_for_the_rest(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_row11_predict_skips_bad_images_and_answers_for_the_rest(checkpoint: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     good = line_image(folder / "good.png", "abc", size=(48, 16))
     (folder / "empty.png").write_bytes(b"")
@@ -95,9 +82,9 @@ def test_row11_predict_skips_bad_images_and_answers_for_the_rest(
     png_claiming_size(folder / "bomb.png", 20000, 20000)
     line_image(folder / "dot.png", "", size=(1, 1))
     line_image(folder / "flat.png", "", size=(60, 3))
-    code, out, err = run(capsys, "predict", str(checkpoint), str(folder))
-    assert code == 0, err
-    assert [line.split("\t")[0] for line in out.splitlines()] == [str(good)]
+    proc = run_main("predict", str(checkpoint), str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == [str(good)]
     reasons = {
         "empty.png": "unreadable or corrupt image",
         "text.png": "unreadable or corrupt image",
@@ -107,16 +94,17 @@ def test_row11_predict_skips_bad_images_and_answers_for_the_rest(
         "flat.png": "smaller than 4 px",
     }
     for name, reason in reasons.items():
-        line = next(x for x in err.splitlines() if x.startswith(f"skipped {folder / name}:"))
+        line = next(x for x in proc.stderr.splitlines() if x.startswith(f"skipped {folder / name}:"))
         assert reason in line, line
-    assert "1 predictions; 6 images skipped" in err and "Traceback" not in err
+    assert "1 predictions; 6 images skipped" in proc.stderr and "Traceback" not in proc.stderr
     written = tmp_path / "out.csv"
-    code, _, err = run(capsys, "predict", str(checkpoint), str(folder), "--out", str(written))
-    assert code == 0 and "wrote 1 predictions" in err and "6 images skipped" in err
+    proc = run_main("predict", str(checkpoint), str(folder), "--out", str(written))
+    assert proc.returncode == 0 and "wrote 1 predictions" in proc.stderr and "6 images skipped" in proc.stderr
     assert written.read_text(encoding="utf-8").splitlines()[1].startswith(str(good))
     good.unlink()
-    code, out, err = run(capsys, "predict", str(checkpoint), str(folder))
-    assert code == 2 and out == "" and "error: none of the 6 images is readable" in err
+    proc = run_main("predict", str(checkpoint), str(folder))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "error: none of the 6 images is readable" in proc.stderr
 
 
 def test_row19_evaluate_notes_references_the_tokenizer_cannot_encode(
@@ -132,17 +120,18 @@ def test_row19_evaluate_notes_references_the_tokenizer_cannot_encode(
 
 
 def test_row06_predict_on_a_manifest_reports_rows_outside_its_folder(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "data"
     inside = line_image(root / "in.png", "abc", size=(48, 16))
     line_image(tmp_path / "out.png", "abc", size=(48, 16))
     rows = [{"image": "in.png", "text": "a"}, {"image": "../out.png", "text": "b"}]
     (root / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    code, out, err = run(capsys, "predict", str(checkpoint), str(root / "lines.jsonl"))
-    assert code == 0, err
-    assert [line.split("\t")[0] for line in out.splitlines()] == [str(inside)]
-    assert "rows skipped: 1 image path outside the dataset folder" in err and "lines.jsonl:2" in err
+    proc = run_main("predict", str(checkpoint), str(root / "lines.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == [str(inside)]
+    assert "rows skipped: 1 image path outside the dataset folder" in proc.stderr
+    assert "lines.jsonl:2" in proc.stderr
 
 
 def test_row09_benchmark_leaves_out_lines_whose_images_do_not_decode(
