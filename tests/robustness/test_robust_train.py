@@ -20,13 +20,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trocr_tune.cli import main
 from trocr_tune.config import load_config
 from trocr_tune.errors import UserError
 from trocr_tune.train import TrainResult, train
 
 from builders import truncated_image, word_manifest
-from conftest import TINY_MODEL, trocr_tune_bin
+from conftest import TINY_MODEL, run_main, trocr_tune_bin
 
 STEPS = 24
 
@@ -132,13 +131,6 @@ def test_row05_resume_skips_an_incomplete_checkpoint_and_says_so(
     assert "resume: skipping incomplete checkpoint checkpoint-8" in capfd.readouterr().err
 
 
-def run_main(capfd: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    """The console script's entry point in this process (no interpreter start-up): code, stderr."""
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    return int(done.value.code or 0), capfd.readouterr().err
-
-
 # Loaded by the `trocr-tune train` subprocess (PYTHONPATH) to hold its first checkpoint save
 # half-way: model and optimizer written, RNG state and trainer_state.json not yet. A SIGKILL
 # then hits the save itself, every time, instead of by the luck of a poll.
@@ -175,7 +167,7 @@ def kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool]) -> None:
 
 
 def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
-    lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor], capfd: pytest.CaptureFixture[str]
+    lines: Path, tmp_path: Path, reference: dict[str, torch.Tensor]
 ) -> None:
     """Deliver 2: SIGKILL of the real `trocr-tune train` process mid-training, then of the resumed
     one in the middle of a checkpoint save; resuming skips the half-written checkpoint, says so,
@@ -204,7 +196,8 @@ def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
     half = [p for p in (tmp_path / "checkpoints").glob("checkpoint-*") if not complete(int(p.name[11:]))]
     assert len(half) == 1 and (half[0] / "model.safetensors").is_file(), half
 
-    code, err = run_main(capfd, "train", *args(lines, tmp_path), "train.resume=true")
+    result = run_main("train", *args(lines, tmp_path), "train.resume=true")
+    code, err = result.returncode, result.stderr
     assert code == 0, err[-2000:]
     assert f"resume: skipping incomplete checkpoint {half[0].name} (no trainer_state.json)" in err
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
@@ -212,9 +205,7 @@ def test_kill_mid_training_and_mid_save_then_resume_through_the_cli(
     assert_same_weights(tmp_path / "model", reference)
 
 
-def test_sigterm_exits_non_zero_and_says_how_to_resume(
-    lines: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_sigterm_exits_non_zero_and_says_how_to_resume(lines: Path, tmp_path: Path) -> None:
     started = tmp_path / "checkpoints" / "checkpoint-4" / "trainer_state.json"
 
     def send_when_training() -> None:
@@ -228,10 +219,11 @@ def test_sigterm_exits_non_zero_and_says_how_to_resume(
     sender = threading.Thread(target=send_when_training)
     try:
         sender.start()
-        code, err = run_main(capfd, "train", *args(lines, tmp_path))
+        result = run_main("train", *args(lines, tmp_path))
     finally:
         sender.join()
         signal.signal(signal.SIGTERM, previous)
+    code, err = result.returncode, result.stderr
     assert code == 128 + signal.SIGTERM, err[-2000:]
     assert "SIGTERM at step" in err and "run the same command with train.resume=true" in err
     metrics = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
