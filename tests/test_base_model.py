@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -78,3 +79,51 @@ def test_loads_by_name_through_the_library_and_the_recipes_start_from_it() -> No
 # and 0.673. The bounds leave room for other CPUs' arithmetic, not for a different model.
 TRAIN_HANDS_CER = 0.4
 UNSEEN_HANDS_CER = 0.65
+
+
+def test_stretch_geometry_regrids_the_conv_base(tmp_path: Path) -> None:
+    """model.geometry=stretch gives the conv base a new input size; the saved checkpoint is plain."""
+    from trocr_tune.model.geometry import resample_position_embeddings
+    from trocr_tune.model.loading import build_for_training, save_bundle
+
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={NAME}",
+            "model.geometry=stretch",
+            "model.image_height=48",
+            "model.image_width=768",
+        ],
+    )
+    bundle = build_for_training(cfg.model, ["Paris"], ["Paris"])
+    encoder: Any = bundle.model.config.encoder
+    assert list(encoder.image_size) == [48, 768] and encoder.backbone_featmap_shape[2:] == [6, 96]
+    assert (bundle.info.image_height, bundle.info.image_width) == (48, 768)
+    rows = real_lines("test", 2)
+    images = [Image.open(LINES / r["image"]).convert("RGB") for r in rows]
+    pixels = bundle.image_processor(images=images, return_tensors="pt").pixel_values
+    assert pixels.shape == (2, 3, 48, 768)
+    base = VisionEncoderDecoderModel.from_pretrained(resolve_model_name(NAME)).eval()
+    # The convolutions are kept as they were; only the position table is resampled (24 x 24 + cls).
+    table = dict(bundle.model.encoder.named_parameters())["embeddings.position_embeddings"]
+    assert table.shape == (1, 577, 128)
+    for name, weight in base.encoder.named_parameters():
+        if "position_embeddings" not in name:
+            assert torch.equal(weight, dict(bundle.model.encoder.named_parameters())[name]), name
+    out = save_bundle(bundle, tmp_path / "m")
+    plain = VisionEncoderDecoderModel.from_pretrained(out).eval()
+    again = (
+        TrOCRProcessor.from_pretrained(out).image_processor(images=images, return_tensors="pt").pixel_values
+    )
+    assert torch.equal(again, pixels)
+    bundle.model.eval()
+    with torch.no_grad():
+        assert torch.equal(
+            plain.encoder(pixels).last_hidden_state, bundle.model.encoder(pixels).last_hidden_state
+        )
+        ids = plain.generate(pixels, max_new_tokens=40, num_beams=1)
+    assert ids.shape[0] == 2
+    # The conv base reads its table as a square grid: sizes that are not width = 16 x height fail clearly.
+    with pytest.raises(UserError, match="square number"):
+        resample_position_embeddings(plain, 64, 512)
+    assert resample_position_embeddings(plain, 48, 768) is False

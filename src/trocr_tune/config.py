@@ -116,6 +116,7 @@ class ModelConfig:
     # built from the data.
     preset: str | None = None
     # processor: the checkpoint's own resize (for a preset: stretch to image_height x image_width);
+    # stretch: stretch to image_height x image_width (a checkpoint's position table is resampled);
     # line: aspect-preserving resize + pad to image_height x image_width; reference: the first
     # reference pipeline's 256x50 resize + pad.
     geometry: str = "line"
@@ -134,7 +135,7 @@ class ModelConfig:
     add_encoder_layers: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("model.geometry", self.geometry, ("processor", "line", "reference"))
+        _one_of("model.geometry", self.geometry, ("processor", "stretch", "line", "reference"))
         _one_of("model.new_characters", self.new_characters, NEW_CHARACTERS)
         if self.name_or_path and self.preset:
             raise UserError(

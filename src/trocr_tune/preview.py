@@ -19,6 +19,8 @@ from .model.geometry import line_image_processor, stretch_image_processor, targe
 def preview_processor(cfg: Config) -> Any:
     """The image processor training would use, without loading model weights."""
     height, width = target_size(cfg.model.geometry, cfg.model.image_height, cfg.model.image_width)
+    if cfg.model.geometry == "stretch":
+        return stretch_image_processor(height, width)
     if cfg.model.geometry != "processor":
         return line_image_processor(height, width)
     if cfg.model.name_or_path:

@@ -221,7 +221,7 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         tokenizer = build_char_tokenizer(train_texts)
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
         image_processor: Any
-        if cfg.geometry == "processor":
+        if cfg.geometry in ("processor", "stretch"):
             image_processor = stretch_image_processor(height, width)
         else:
             image_processor = line_image_processor(height, width)
@@ -247,9 +247,8 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
             resample_position_embeddings(model, height, width)
             mean = getattr(processor.image_processor, "image_mean", None)
             std = getattr(processor.image_processor, "image_std", None)
-            processor = TrOCRProcessor(
-                image_processor=line_image_processor(height, width, mean, std), tokenizer=tokenizer
-            )
+            build = stretch_image_processor if cfg.geometry == "stretch" else line_image_processor
+            processor = TrOCRProcessor(image_processor=build(height, width, mean, std), tokenizer=tokenizer)
         else:
             height, width = encoder_image_size(model) or (cfg.image_height, cfg.image_width)
         decoder_config: Any = model.config.decoder
