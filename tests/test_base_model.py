@@ -83,7 +83,7 @@ UNSEEN_HANDS_CER = 0.65
 
 
 def test_stretch_geometry_regrids_the_conv_base(tmp_path: Path) -> None:
-    """model.geometry=stretch gives the conv base (48 x 768) a new input size; the saved checkpoint is plain."""
+    """model.geometry=stretch re-grids the conv base (48 x 768); the saved checkpoint is plain."""
     from trocr_tune.model.geometry import resample_position_embeddings
     from trocr_tune.model.loading import build_for_training, save_bundle
 
