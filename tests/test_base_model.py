@@ -106,11 +106,11 @@ def test_stretch_geometry_regrids_the_conv_base(tmp_path: Path) -> None:
     assert pixels.shape == (2, 3, 32, 512)
     base = VisionEncoderDecoderModel.from_pretrained(resolve_model_name(NAME)).eval()
     # The convolutions are kept as they were; only the position table is resampled (16 x 16 + cls).
-    table = dict(bundle.model.encoder.named_parameters())["embeddings.position_embeddings"]
-    assert table.shape == (1, 257, 128)
+    regridded = dict(bundle.model.encoder.named_parameters())
+    assert regridded["embeddings.position_embeddings"].shape == (1, 257, 128)
     for name, weight in base.encoder.named_parameters():
         if "position_embeddings" not in name:
-            assert torch.equal(weight, dict(bundle.model.encoder.named_parameters())[name]), name
+            assert torch.equal(weight, regridded[name]), name
     out = save_bundle(bundle, tmp_path / "m")
     plain = VisionEncoderDecoderModel.from_pretrained(out).eval()
     again = (

@@ -19,6 +19,8 @@ import yaml
 from .errors import UserError
 from .files import atomic_write_text
 
+GEOMETRIES = ("processor", "stretch", "line", "reference")
+
 SPLITS = ("train", "validation", "test")
 NEW_CHARACTERS = ("union", "new", "fail")
 
@@ -135,7 +137,7 @@ class ModelConfig:
     add_encoder_layers: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("model.geometry", self.geometry, ("processor", "stretch", "line", "reference"))
+        _one_of("model.geometry", self.geometry, GEOMETRIES)
         _one_of("model.new_characters", self.new_characters, NEW_CHARACTERS)
         if self.name_or_path and self.preset:
             raise UserError(

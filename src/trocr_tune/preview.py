@@ -13,17 +13,13 @@ from .data.augment import build_policy
 from .data.dataset import load_rgb
 from .data.reader import read_dataset
 from .errors import UserError
-from .model.geometry import line_image_processor, stretch_image_processor, target_size
+from .model.geometry import geometry_image_processor, target_size
 
 
 def preview_processor(cfg: Config) -> Any:
     """The image processor training would use, without loading model weights."""
     height, width = target_size(cfg.model.geometry, cfg.model.image_height, cfg.model.image_width)
-    if cfg.model.geometry == "stretch":
-        return stretch_image_processor(height, width)
-    if cfg.model.geometry != "processor":
-        return line_image_processor(height, width)
-    if cfg.model.name_or_path:
+    if cfg.model.geometry == "processor" and cfg.model.name_or_path:
         from transformers import TrOCRProcessor
 
         from .model.loading import resolve_model_name
@@ -32,7 +28,7 @@ def preview_processor(cfg: Config) -> Any:
             return TrOCRProcessor.from_pretrained(resolve_model_name(cfg.model.name_or_path)).image_processor
         except OSError as exc:
             raise UserError(f"cannot load the processor of {cfg.model.name_or_path!r}: {exc}") from None
-    return stretch_image_processor(height, width)
+    return geometry_image_processor(cfg.model.geometry, height, width)
 
 
 def to_uint8(pixel_values: np.ndarray, mean: Any, std: Any) -> np.ndarray:

@@ -17,7 +17,6 @@ from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPi
 
 from ..errors import UserError
 
-GEOMETRIES = ("processor", "stretch", "line", "reference")
 # The first reference pipeline resized and padded every line to 256 x 50 (W x H).
 REFERENCE_SIZE = (50, 256)
 TROCR_MEAN_STD = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
@@ -53,6 +52,14 @@ def stretch_image_processor(
         image_mean=mean if mean is not None else TROCR_MEAN_STD[0],
         image_std=std if std is not None else TROCR_MEAN_STD[1],
     )
+
+
+def geometry_image_processor(
+    mode: str, height: int, width: int, mean: Any = None, std: Any = None
+) -> ViTImageProcessorPil | DonutImageProcessorPil:
+    """The processor of a geometry: stretch for `processor`/`stretch`, resize + pad otherwise."""
+    build = stretch_image_processor if mode in ("processor", "stretch") else line_image_processor
+    return build(height, width, mean, std)
 
 
 def encoder_image_size(model: VisionEncoderDecoderModel) -> tuple[int, int] | None:

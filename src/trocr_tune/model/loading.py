@@ -21,9 +21,8 @@ from ..files import atomic_write_text
 from .alphabet import adapt_alphabet
 from .geometry import (
     encoder_image_size,
-    line_image_processor,
+    geometry_image_processor,
     resample_position_embeddings,
-    stretch_image_processor,
     target_size,
 )
 from .presets import PRESETS, build_preset_model, grow_encoder
@@ -220,11 +219,7 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
     if cfg.preset:
         tokenizer = build_char_tokenizer(train_texts)
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
-        image_processor: Any
-        if cfg.geometry in ("processor", "stretch"):
-            image_processor = stretch_image_processor(height, width)
-        else:
-            image_processor = line_image_processor(height, width)
+        image_processor = geometry_image_processor(cfg.geometry, height, width)
         special = {
             "pad": tokenizer.pad_token_id,
             "bos": tokenizer.bos_token_id,
@@ -247,8 +242,8 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
             resample_position_embeddings(model, height, width)
             mean = getattr(processor.image_processor, "image_mean", None)
             std = getattr(processor.image_processor, "image_std", None)
-            build = stretch_image_processor if cfg.geometry == "stretch" else line_image_processor
-            processor = TrOCRProcessor(image_processor=build(height, width, mean, std), tokenizer=tokenizer)
+            image_processor = geometry_image_processor(cfg.geometry, height, width, mean, std)
+            processor = TrOCRProcessor(image_processor=image_processor, tokenizer=tokenizer)
         else:
             height, width = encoder_image_size(model) or (cfg.image_height, cfg.image_width)
         decoder_config: Any = model.config.decoder
