@@ -38,6 +38,9 @@ class Layout:
         return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
+# The keys every XML page layout (ALTO, PAGE) reads.
+XML_PAGE_KEYS = ("xml_glob", "line_types", "crop_padding", "polygon_mask", "on_duplicate_page", "cache_dir")
+
 _ALL = [
     Layout(
         "kaggle-names",
@@ -60,14 +63,7 @@ _ALL = [
         "alto",
         "xml_pages:read_alto",
         "page images + ALTO XML (v2-v4); lines cropped by box (optional polygon mask)",
-        (
-            "xml_glob",
-            "line_types",
-            "crop_padding",
-            "polygon_mask",
-            "on_duplicate_page",
-            "cache_dir",
-        ),
+        XML_PAGE_KEYS,
         ("page", "manuscript"),
         "data.layout=alto data.root=htromance-spain data.xml_glob='**/*.chocomufin.xml' "
         "data.group_by=manuscript",
@@ -76,14 +72,7 @@ _ALL = [
         "page",
         "xml_pages:read_page",
         "page images + PAGE XML (2013/2019); lines cropped by Coords (optional polygon mask)",
-        (
-            "xml_glob",
-            "line_types",
-            "crop_padding",
-            "polygon_mask",
-            "on_duplicate_page",
-            "cache_dir",
-        ),
+        XML_PAGE_KEYS,
         ("page", "manuscript"),
         "data.layout=page data.root=my-pages data.line_types=[paragraph]",
     ),
