@@ -140,6 +140,42 @@ def test_onnx_int8_within_tolerance(bundle, images, baseline) -> None:
     assert compute_metrics(texts, baseline).cer <= LOSSY_CER_TOLERANCE
 
 
+def test_openvino_encoder_reads_as_onnx_runtime(
+    bundle, images, baseline, tiny_run: Path, tmp_path: Path
+) -> None:
+    """The openvino variant compiles the exported encoder with OpenVINO (bf16 where the CPU has it
+    natively, else f32) and keeps the decoder steps in ONNX Runtime: f32 reads exactly as fp32,
+    bf16 within the lossy tolerance, and the encoder's outputs match ONNX Runtime's on one graph."""
+    pytest.importorskip("openvino")
+    import numpy as np
+
+    from trocr_tune.decoding.onnx import OnnxRunner, OpenVinoEncoder
+
+    runner = VARIANTS["openvino"].apply(bundle, OptimizeConfig(), CPU)
+    assert isinstance(runner.encoder, OpenVinoEncoder)
+    precision = runner.encoder.precision
+    assert precision == ("bf16" if cpu_has_native_bf16() else "f32")
+    texts = decode(bundle, images, runner)
+    if precision == "f32":
+        assert texts == baseline
+    else:
+        assert compute_metrics(texts, baseline).cer <= LOSSY_CER_TOLERANCE, (texts, baseline)
+    pixels = bundle.image_processor(
+        images=[Image.open(p).convert("RGB") for p in images[:4]], return_tensors="pt"
+    )["pixel_values"].numpy()
+    ours = runner.encoder.run(None, {"pixel_values": pixels})
+    theirs = OnnxRunner(runner.folder, bundle).encoder.run(None, {"pixel_values": pixels})
+    tolerance = 1e-4 if precision == "f32" else 0.05
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= tolerance * max(1.0, float(np.abs(b).max()))
+    # Saved by `optimize` and loaded back, the artifact is the same variant, read the same way.
+    optimize_model(str(tiny_run / "model"), "openvino", tmp_path / "ov", load_config())
+    _, loaded = load_runner(tmp_path / "ov", CPU)
+    assert isinstance(loaded.encoder, OpenVinoEncoder)
+    assert decode(bundle, images, loaded) == texts
+
+
 def test_compiled_inference_executes_compiled_graphs(bundle, images, baseline) -> None:
     """Dynamo captures the encoder, and every batch calls into its graph; a TrOCR decoder stays
     with the engine's own loop. A decoder the loop does not take is compiled and `generate`

@@ -953,7 +953,7 @@ def optimize_command(
         portable saved form);
       - prune-l1, prune-structured: a plain checkpoint (sparse / smaller) that plain
         Transformers loads too;
-      - onnx, onnx-int8: encoder.onnx + decoder.onnx beside the checkpoint.
+      - onnx, onnx-int8, openvino: encoder.onnx + decoder.onnx beside the checkpoint.
     optimize.json reports parameters and FLOPs before/after, sparsity per module (prune-l1),
     removed heads/channels (prune-structured) and the fine-tune's metrics. KEY=VALUE overrides
     the optimize.* keys (and, with --finetune, that recipe's keys too).

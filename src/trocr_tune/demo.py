@@ -272,7 +272,8 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
             compile_note = f"not run: {left:.1f} of {settings.minutes:g} minutes left"
         else:
             variants.append("compile-default")
-        variants += ["onnx", "onnx-int8"]  # benchmark skips them, saying why, without onnxruntime
+        # benchmark skips them, saying why, without onnxruntime / openvino
+        variants += ["onnx", "onnx-int8", "openvino"]
         variants.append(f"prune-l1={variants_dir / 'prune-l1'}")
         stages.announce("benchmark", ", ".join(["fp32", *(v.split("=")[0] for v in variants)]))
         t = time.perf_counter()

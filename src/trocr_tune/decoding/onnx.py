@@ -5,12 +5,14 @@ image) and to the encoder's states (for CTC rescoring); `decoder.onnx` is one st
 rows per image, with the self-attention past as plain tensors and the rows of it each row
 continues (`beam_rows`: the beam reorder runs inside the graph). Greedy decoding runs in a loop of
 its own; beam search, LM fusion and rescoring run the engine's search (decoding/search.py) over
-`OrtSteps`, and rescore on the torch model's heads like every runner.
+`OrtSteps`, and rescore on the torch model's heads like every runner. `OpenVinoRunner` reads the
+same graphs with the encoder compiled by OpenVINO (bf16 on CPUs with native bf16).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 ENCODER_STATES = "encoder_states"  # the encoder graph's last output: what CTC rescoring reads
 BEAM_ROWS = "beam_rows"  # the decoder graph's input: which past row each row continues
+CPU_PROVIDERS = ["CPUExecutionProvider"]
 
 
 def require_ort() -> Any:
@@ -96,11 +99,12 @@ class OnnxRunner(BeamSupport):
         options.intra_op_num_threads = self.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        providers = ["CPUExecutionProvider"]
-        return tuple(
-            ort.InferenceSession(str(self.folder / name), options, providers=providers)
-            for name in (ENCODER_FILE, DECODER_FILE)
-        )
+        decoder = ort.InferenceSession(str(self.folder / DECODER_FILE), options, providers=CPU_PROVIDERS)
+        return self._encoder_session(options), decoder
+
+    def _encoder_session(self, options: Any) -> Any:
+        ort = require_ort()
+        return ort.InferenceSession(str(self.folder / ENCODER_FILE), options, providers=CPU_PROVIDERS)
 
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         pixels = pixel_values.detach().cpu().float()
@@ -161,3 +165,46 @@ class OnnxRunner(BeamSupport):
             ids = token[:, None].astype(np.int64)
         end = written_end(torch.from_numpy(tokens), self.pad)
         return decode_predictions(self.tokenizer, tokens[:, :end].tolist(), torch.from_numpy(logps[:, :end]))
+
+
+class OpenVinoEncoder:
+    """The encoder graph compiled by OpenVINO's CPU plugin, behind the two methods of an ONNX
+    Runtime session the runner calls (`run`, `get_outputs`). Its precision is OpenVINO's own
+    choice for the CPU: bf16 where the CPU has native bf16 (AMX, AVX512-BF16), else f32."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            import openvino
+        except ImportError:
+            raise UserError(
+                "the openvino variant needs OpenVINO: pip install 'trocr-tune[openvino]'"
+            ) from None
+        compiled = openvino.Core().compile_model(
+            str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        )
+        self.outputs = list(compiled.outputs)
+        self.request = compiled.create_infer_request()
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # bf16 or f32
+        self._names = [SimpleNamespace(name=o.get_any_name()) for o in self.outputs]
+
+    def get_outputs(self) -> list[Any]:
+        return self._names
+
+    def run(self, _names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.request.infer(feed)
+        # The request reuses its output buffers at the next call: the runner keeps copies.
+        return [np.array(result[o], dtype=np.float32) for o in self.outputs]
+
+
+class OpenVinoRunner(OnnxRunner):
+    """The ONNX graphs with the encoder (most of a pass on convolutional encoders) compiled by
+    OpenVINO; the decoder steps stay in ONNX Runtime, whose per-call overhead is lower."""
+
+    def __init__(self, folder: Path, bundle: ModelBundle, threads: int | None = None) -> None:
+        self._openvino: OpenVinoEncoder | None = None
+        super().__init__(folder, bundle, threads)
+
+    def _encoder_session(self, options: Any) -> Any:
+        if self._openvino is None:  # compiled once, shared by the spinning and quiet session pairs
+            self._openvino = OpenVinoEncoder(self.folder / ENCODER_FILE, self.threads)
+        return self._openvino

@@ -94,7 +94,7 @@ class Variant:
         if self.stored == "checkpoint":
             return TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device)
         if self.stored == "graphs":
-            runner: Runner = self._module().load(path, bundle, device)
+            runner: Runner = self._module().load(path, bundle, device, **dict(self.options))
             return runner
         return self.apply(bundle, cfg, device)
 
@@ -216,6 +216,16 @@ _ALL = [
         "the ONNX graphs with ONNX Runtime dynamic int8 quantization",
         stored="graphs",
         requires=("onnxruntime", "onnx"),
+    ),
+    Variant(
+        "openvino",
+        "onnx",
+        (("int8", False), ("runtime", "openvino")),
+        ("cpu",),
+        "encoder.onnx + decoder.onnx",
+        "the ONNX graphs, the encoder compiled by OpenVINO (bf16 where the CPU has it) (extra [openvino])",
+        stored="graphs",
+        requires=("openvino", "openvino"),
     ),
 ]
 

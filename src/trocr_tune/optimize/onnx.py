@@ -1,4 +1,5 @@
-"""onnx / onnx-int8: export to ONNX (torch.onnx, dynamo exporter) and decode in ONNX Runtime.
+"""onnx / onnx-int8 / openvino: export to ONNX (torch.onnx, dynamo exporter) and decode in ONNX
+Runtime (`openvino`: the encoder graph compiled by OpenVINO, the decoder steps in ONNX Runtime).
 
 Optimum's exporter pins transformers < 4.58, so the graphs are exported here:
 - `encoder.onnx`: pixel_values -> the cross-attention keys and values of every decoder layer
@@ -27,7 +28,15 @@ import torch
 from torch import nn
 
 from ..config import OptimizeConfig
-from ..decoding.onnx import BEAM_ROWS, DECODER_FILE, ENCODER_FILE, ENCODER_STATES, OnnxRunner, require_ort
+from ..decoding.onnx import (
+    BEAM_ROWS,
+    DECODER_FILE,
+    ENCODER_FILE,
+    ENCODER_STATES,
+    OnnxRunner,
+    OpenVinoRunner,
+    require_ort,
+)
 from ..errors import UserError
 from ..model.loading import ModelBundle
 
@@ -193,34 +202,40 @@ def quantize_graphs(src: Path, dst: Path) -> None:
         prepared.unlink()
 
 
-def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: bool) -> OnnxRunner:
+def apply(
+    bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device, int8: bool, runtime: str = "onnxruntime"
+) -> OnnxRunner:
     """Export to a temporary folder (and quantize) and return a runner over it."""
     import tempfile
 
     folder = Path(tempfile.mkdtemp(prefix="trocr-tune-onnx-"))
     export_variant(bundle, folder, cfg, int8)
-    return OnnxRunner(folder, bundle)
+    return load_onnx_runner(folder, bundle, device, runtime)
 
 
 def export_shared(bundle: ModelBundle, cfg: OptimizeConfig, out: Path, names: set[str]) -> dict[str, Path]:
-    """The graphs of the variants `names` (onnx, onnx-int8) from one fp32 export into out/NAME:
-    the benchmark builds them this way, in one process of their own."""
+    """The graphs of the variants `names` (onnx, onnx-int8, openvino) from one fp32 export into
+    out/NAME: the benchmark builds them this way, in one process of their own."""
     fp32 = out / "onnx"
     export_variant(bundle, fp32, cfg, int8=False)
-    folders = {"onnx": fp32} if "onnx" in names else {}
+    folders: dict[str, Path] = {name: fp32 for name in ("onnx", "openvino") if name in names}  # fp32 graphs
     if "onnx-int8" in names:
         folders["onnx-int8"] = out / "onnx-int8"
         quantize_graphs(fp32, folders["onnx-int8"])
     return folders
 
 
-def save(bundle: ModelBundle, out: Path, cfg: OptimizeConfig, int8: bool) -> None:
+def save(
+    bundle: ModelBundle, out: Path, cfg: OptimizeConfig, int8: bool, runtime: str = "onnxruntime"
+) -> None:
     """The artifact's graphs, beside its checkpoint."""
     export_variant(bundle, out, cfg, int8)
 
 
-def load(folder: Path, bundle: ModelBundle, device: torch.device, int8: bool = False) -> OnnxRunner:
-    return load_onnx_runner(folder, bundle, device)
+def load(
+    folder: Path, bundle: ModelBundle, device: torch.device, int8: bool = False, runtime: str = "onnxruntime"
+) -> OnnxRunner:
+    return load_onnx_runner(folder, bundle, device, runtime)
 
 
 def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8: bool) -> None:
@@ -237,20 +252,33 @@ def export_variant(bundle: ModelBundle, folder: Path, cfg: OptimizeConfig, int8:
     fp32.rmdir()
 
 
-def load_onnx_runner(folder: Path, bundle: ModelBundle, device: torch.device) -> OnnxRunner:
+def load_onnx_runner(
+    folder: Path, bundle: ModelBundle, device: torch.device, runtime: str = "onnxruntime"
+) -> OnnxRunner:
     if device.type != "cpu":
         raise UserError("the onnx variants run on CPU (ONNX Runtime CPU execution provider)")
     if not (folder / ENCODER_FILE).is_file():
-        raise UserError(f"{folder}: {ENCODER_FILE} missing; re-run trocr-tune optimize --variant onnx")
-    return OnnxRunner(folder, bundle)
+        raise UserError(f"{folder}: {ENCODER_FILE} missing; re-run trocr-tune optimize for this variant")
+    return OpenVinoRunner(folder, bundle) if runtime == "openvino" else OnnxRunner(folder, bundle)
 
 
-def why_not(facts: dict[str, Any], int8: bool) -> str:
+def why_not(facts: dict[str, Any], int8: bool, runtime: str = "onnxruntime") -> str:
     """Why the ONNX Runtime graphs do not pay, from the baseline's measured time shares."""
     from . import at_most
 
     outside = 1 - facts["op_share"]
     parts = []
+    if runtime == "openvino":
+        share = facts["encoder_share"]
+        return (
+            f"OpenVINO runs only the encoder ({share:.0%} of fp32's time here: at most {at_most(share):.2f}x "
+            "if it were free), "
+            + (
+                "in bf16, whose rounding can change readings"
+                if facts.get("native_bf16")
+                else "in f32 (this CPU has no native bf16), as fast as ONNX Runtime's"
+            )
+        )
     if int8:
         parts.append(
             f"ONNX Runtime's int8 covers MatMul/Gemm only ({facts['linear_share']:.0%} of fp32's time here), "
