@@ -198,7 +198,7 @@ class OpenVinoEncoder:
 
 class OpenVinoRunner(OnnxRunner):
     """The ONNX graphs with the encoder (most of a pass on convolutional encoders) compiled by
-    OpenVINO; the decoder steps stay in ONNX Runtime, whose per-call overhead is lower."""
+    OpenVINO; the decoder steps stay in ONNX Runtime (their run in OpenVINO is not measured)."""
 
     def __init__(self, folder: Path, bundle: ModelBundle, threads: int | None = None) -> None:
         self._openvino: OpenVinoEncoder | None = None
