@@ -64,6 +64,9 @@ class _State:
     error: str | None = None
 
 
+DRAIN_FACTOR = 4  # how much of an over-limit body is read and dropped before the 413
+
+
 class _BodyLimit:
     """413 for a body over the limit (from Content-Length at once, else while it streams in) and
     408 for one that does not arrive within the body timeout (a stalled or very slow client)."""
@@ -96,8 +99,24 @@ class _BodyLimit:
             seen += len(message.get("body", b""))
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > self.limit:
+                if not complete:
+                    await drain()
                 raise ApiError(413, f"request body is over the limit of {self.limit} bytes")
             return message
+
+        async def drain() -> None:
+            """Read and drop the rest of an over-limit body (at most DRAIN_FACTOR x the limit, within
+            the body timeout) before answering: a client still sending when the connection closed
+            would get a reset instead of the 413 (what a web server's lingering close does)."""
+            dropped = 0
+            while dropped <= DRAIN_FACTOR * self.limit:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    return
+                dropped += len(message.get("body", b""))
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
 
         await self.app(scope, counted, send)
 
