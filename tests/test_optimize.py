@@ -107,6 +107,9 @@ def test_onnx_greedy_equals_pytorch_greedy(bundle, images, baseline) -> None:
     for settings in (
         replace(greedy, fusion_weight=0.5, fusion_lm=bundle.char_lm),
         DecodeSettings.from_eval(bundle, accurate, bundle.info.max_new_tokens),
+        # Joint CTC-attention decoding: the CTC prefix scores follow the beams of either engine.
+        DecodeSettings.from_eval(bundle, EvalConfig(num_beams=3, ctc_joint=0.7), bundle.info.max_new_tokens),
+        DecodeSettings.from_eval(bundle, EvalConfig(ctc_joint=0.5), bundle.info.max_new_tokens),
     ):
         ours, theirs = runner.generate_batch(pixels, settings), torch_runner.generate_batch(pixels, settings)
         for a, b in zip(ours, theirs, strict=True):

@@ -330,6 +330,8 @@ def benchmark(
     runnable = [VariantSpec(BASELINE, BASELINE)]
     for spec in parsed:
         reason = get_variant(spec.name).unavailable(device)
+        if spec.name == "generate" and cfg.eval.ctc_joint > 0:
+            reason = "plain generate cannot score CTC prefixes; compare with eval.ctc_joint=0"
         if reason:
             skipped[spec.label] = reason
         else:

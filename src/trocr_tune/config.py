@@ -260,6 +260,12 @@ class EvalConfig:
     # one with the best (1 - w) * log p(decoder) + w * log p(CTC on the encoder columns). Only for
     # models trained with train.ctc_weight > 0 (model/ctc.py); 0 = plain beam search.
     ctc_rescore: float = 0.0
+    # Joint CTC-attention decoding: at every step of the search (greedy or beams), weigh each
+    # candidate's decoder log-probability with the CTC prefix score of the encoder columns,
+    # (1 - w) * log p(decoder) + w * log p(CTC prefix) (decoding/ctc_prefix.py), so readings the
+    # image supports stay in the search. Only for models trained with train.ctc_weight > 0.
+    # 1 = the CTC head alone decides (the decoder still proposes nothing it cannot score); 0 = off.
+    ctc_joint: float = 0.0
     # With num_beams > 1: add this weight x log p(text) under the character n-gram model of the
     # training transcripts (char_lm.json beside the checkpoint, written by train.char_lm_order or
     # `trocr-tune lm`) to every hypothesis's score and keep all num_beams of them, as ctc_rescore
@@ -292,6 +298,8 @@ class EvalConfig:
             raise UserError("eval.batch_size and eval.num_beams must be >= 1, eval.no_repeat_ngram_size >= 0")
         if not 0.0 <= self.ctc_rescore <= 1.0:
             raise UserError("eval.ctc_rescore must be within [0, 1]")
+        if not 0.0 <= self.ctc_joint <= 1.0:
+            raise UserError("eval.ctc_joint must be within [0, 1]")
         if self.lm_weight < 0 or self.lm_fusion < 0:
             raise UserError("eval.lm_weight and eval.lm_fusion must be >= 0")
         if (self.rescore_length_bonus or self.rescore_views) and not (self.ctc_rescore or self.lm_weight):

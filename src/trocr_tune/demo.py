@@ -277,10 +277,10 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
         variants.append(f"prune-l1={variants_dir / 'prune-l1'}")
         stages.announce("benchmark", ", ".join(["fp32", *(v.split("=")[0] for v in variants)]))
         t = time.perf_counter()
-        # Every variant decodes greedily and without the language model here: the table compares
-        # speed and parity, beam search would multiply each variant's decoding time alike, and the
-        # ONNX variants run their own greedy loop (the test stage above uses the recipe's beams
-        # and language model, so its CER is the model's best reading).
+        # Every variant decodes greedily (with the recipe's CTC prefix scores) and without the
+        # language model here: the table compares speed and parity, and beam search would multiply
+        # each variant's decoding time alike (the test stage above uses the recipe's beams, so its
+        # CER is the model's best reading).
         bench_cfg = replace(
             test_cfg,
             data=replace(test_cfg.data, limit=settings.benchmark_lines()),

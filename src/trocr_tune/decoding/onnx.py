@@ -109,7 +109,8 @@ class OnnxRunner(BeamSupport):
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         pixels = pixel_values.detach().cpu().float()
         encoder, decoder = self.encoder, self.decoder
-        if settings.num_beams > 1 or settings.fused:
+        searching = settings.num_beams > 1 or settings.fused or settings.ctc_joint > 0
+        if searching:
             # torch runs the search between decoder runs: ORT threads spinning there would take its
             # cores (4 beams on the demo model: 33 -> 51-57 lines/s without spinning; greedy,
             # ORT alone, gains from it: 62-75 -> 72-90).
@@ -119,10 +120,11 @@ class OnnxRunner(BeamSupport):
         outputs = encoder.run(None, {"pixel_values": pixels.numpy()})
         named = dict(zip(self.encoder_outputs, outputs, strict=True))
         cross = {name: named[name] for name in self.cross_names}
-        if settings.num_beams == 1 and not settings.fused:
+        if not searching:
             return self._greedy(cross, settings.max_new_tokens)
         states = named.get(ENCODER_STATES)
-        if settings.rescores and settings.rescoring.ctc_weight > 0 and states is None:
+        uses_ctc = (settings.rescores and settings.rescoring.ctc_weight > 0) or settings.ctc_joint > 0
+        if uses_ctc and states is None:
             raise UserError(
                 f"{self.folder}: these graphs predate CTC rescoring in ONNX Runtime (no {ENCODER_STATES} "
                 "output); re-run trocr-tune optimize for this variant"

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ..errors import UserError
 from .charlm import END, CharNgramLM
+from .ctc_prefix import CTCPrefixScorer
 from .results import Prediction, decode_predictions, sequence_end
 from .search import Steps, TrOCRSteps, search
 from .settings import DecodeSettings, Rescoring
@@ -232,6 +233,7 @@ class BeamSupport:
 
     model: Any
     tokenizer: Any
+    device: torch.device
     _fusion: CharLMFusion | None = None
 
     def _fusion_for(self, lm: CharNgramLM, weight: float) -> CharLMFusion:
@@ -264,6 +266,9 @@ class BeamSupport:
         if settings.fused:
             assert settings.fusion_lm is not None
             fusion = self._fusion_for(settings.fusion_lm, settings.fusion_weight)
+        ctc = None
+        if settings.ctc_joint > 0:
+            ctc = self._prefix_scorer(states, settings, eos)
         generated, logprobs = search(
             steps,
             len(pixels),
@@ -276,12 +281,31 @@ class BeamSupport:
             fusion=fusion,
             fusion_order=fusion.lm.order - 1 if fusion is not None else 0,
             all_beams=settings.rescores,
+            ctc=ctc,
         )
         if settings.rescores:
             generated, logprobs = self._rescore(
                 pixels, states, generated, logprobs, settings.num_beams, settings.rescoring
             )
         return decode_predictions(self.tokenizer, generated, logprobs)
+
+    def _prefix_scorer(
+        self, states: torch.Tensor | None, settings: DecodeSettings, eos: int
+    ) -> CTCPrefixScorer:
+        """The CTC prefix scorer of joint decoding, on the encoder's `states` of each image."""
+        from ..model.ctc import ctc_log_probs
+
+        if states is None:
+            raise UserError("eval.ctc_joint reads the encoder's states, which this runner does not return")
+        specials = [int(i) for i in self.tokenizer.all_special_ids]
+        return CTCPrefixScorer(
+            ctc_log_probs(self.model, states.to(self.model.device)).to(self.device),
+            beams=settings.num_beams,
+            blank=self.tokenizer.pad_token_id,
+            eos=eos,
+            weight=settings.ctc_joint,
+            forbidden=specials,
+        )
 
     def _rescore(
         self,
@@ -399,6 +423,11 @@ class TorchRunner(BeamSupport):
     def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
         if self.fast and not settings.no_repeat_ngram_size:
             return self._search_batch(pixel_values, settings)
+        if settings.ctc_joint > 0:
+            raise UserError(
+                "eval.ctc_joint needs trocr-tune's own search: a TrOCR decoder, not compiled, "
+                "without eval.no_repeat_ngram_size"
+            )
         kwargs = settings.generate_kwargs()
         rescore = settings.rescoring
         fused = settings.fused

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
+from .ctc_prefix import CTCPrefixScorer
 from .results import written_end
 
 # Generation-config fields whose non-default values add a logits processor or stopping rule
@@ -192,6 +193,7 @@ def search(
     fusion: Fusion | None = None,
     fusion_order: int = 0,
     all_beams: bool = False,
+    ctc: CTCPrefixScorer | None = None,
 ) -> tuple[list[list[int]], torch.Tensor]:
     """Beam search (greedy with `beams=1`) as `generate` does it with `early_stopping=True`.
 
@@ -200,7 +202,9 @@ def search(
     its `beams` readings, best first, with `all_beams`), eos included and pad after, and the
     decoder's own log-probability of each (rows, tokens; 0 after the eos).
     `fusion(history, log_probs)` adds its scores to the search's, as a logits processor would; it
-    sees the last `fusion_order` ids of each row.
+    sees the last `fusion_order` ids of each row. `ctc` (begun for the same rows) makes it joint
+    CTC-attention decoding: each candidate's decoder log-probability is weighed with its CTC prefix
+    score, `(1 - w) log p_decoder + w log p_CTC-prefix` (decoding/ctc_prefix.py).
     """
     device = steps.device
     total, width = max_new_tokens, 2 * beams
@@ -223,6 +227,8 @@ def search(
         if fusion is not None:
             seen = history[:, :, max(0, t + 1 - fusion_order) : t + 1].reshape(n * beams, -1)
             scores = fusion(seen, log_probs)
+        if ctc is not None:
+            scores = scores + ctc.weight * (ctc.scores(log_probs) - log_probs)
         vocabulary = scores.shape[-1]
         candidates = (scores.view(n, beams, vocabulary) + running[:, :, None]).view(n, -1)
         top_scores, top = candidates.topk(width, dim=1)
@@ -270,9 +276,14 @@ def search(
             done_score, done_full = done_score[going], done_full[going]
             rows = rows.view(n, beams)[going].view(-1)
             steps.keep(rows, going)
-        elif beams > 1:
-            steps.keep(rows)
+            images_kept: torch.Tensor | None = going
+        else:
+            if beams > 1:
+                steps.keep(rows)
+            images_kept = None
         last = history[:, :, t + 1].reshape(-1)
+        if ctc is not None:
+            ctc.advance(rows, last, images_kept)
 
     picked = slice(None) if all_beams else slice(0, 1)
     ids = out_ids[:, picked, 1:].reshape(-1, total)

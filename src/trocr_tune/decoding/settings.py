@@ -40,6 +40,8 @@ class DecodeSettings:
     # Shallow fusion: weight x log p_LM(next character) at every step of the search.
     fusion_weight: float = 0.0
     fusion_lm: CharNgramLM | None = None
+    # Joint CTC-attention decoding: weight of the CTC prefix score at every step.
+    ctc_joint: float = 0.0
     # Picking among the beams once they are found (beam search only).
     rescoring: Rescoring = field(default_factory=Rescoring)
 
@@ -71,6 +73,7 @@ class DecodeSettings:
             no_repeat_ngram_size=cfg.no_repeat_ngram_size,
             fusion_weight=cfg.lm_fusion if cfg.lm_fusion > 0 else 0.0,
             fusion_lm=bundle.char_lm if cfg.lm_fusion > 0 else None,
+            ctc_joint=cfg.ctc_joint,
             rescoring=rescoring,
         )
 

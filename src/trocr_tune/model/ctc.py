@@ -76,6 +76,12 @@ def ctc_loss(
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=pad_id, zero_infinity=True)
 
 
+def ctc_log_probs(model: Any, encoder_states: torch.Tensor) -> torch.Tensor:
+    """(batch, columns, vocabulary) CTC log-probabilities of each image's encoder columns."""
+    logits = model.decoder.output_projection(column_features(model, encoder_states))
+    return F.log_softmax(logits.float(), dim=-1)
+
+
 def ctc_log_likelihood(
     model: Any,
     encoder_states: torch.Tensor,
@@ -88,8 +94,7 @@ def ctc_log_likelihood(
     `encoder_states` holds one image per `rows_per_image` consecutive rows (e.g. the beams of one
     image). Rows longer than the columns can align get -inf.
     """
-    columns = column_features(model, encoder_states)
-    log_probs = F.log_softmax(model.decoder.output_projection(columns).float(), dim=-1).transpose(0, 1)
+    log_probs = ctc_log_probs(model, encoder_states).transpose(0, 1)
     log_probs = log_probs.repeat_interleave(rows_per_image, dim=1)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     targets = torch.tensor([t for r in rows for t in r], dtype=torch.long)
