@@ -116,7 +116,7 @@ def test_demo_one_minute_interrupt_resume_and_every_report_file(tmp_path: Path) 
     # A one-minute budget has no time to compile: the report says so instead of dropping the row.
     assert "compile-default" not in names and "Not in the table: compile-default: not run" in report
     # The test stage names how it decoded, and the report shows the base on the same held-out hands.
-    assert "rescored with the encoder's CTC (weight 0.5)" in report
+    assert "the encoder's CTC prefix scores in the search (joint decoding, weight 0.7)" in report
     assert "held-out test hands" in report and "The base before fine-tuning" in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_cer"] >= 0 and summary["seed"] == 0 and summary["train_steps"] > 0

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -239,7 +240,7 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
     for line, image in zip(lines, images, strict=True):
         path, _text, confidence = line.split("\t")
         assert path == image and float(confidence) <= 0
-    # (also the joint CTC-attention decoding path: 3 beams rescored by the encoder's CTC)
+    # (also CTC rescoring: 3 beams rescored by the encoder's CTC)
     shard = run_main(
         "predict",
         model,
@@ -258,6 +259,9 @@ def test_cli_evaluate_predict_preview(tiny_run: Path, words: Path, tmp_path: Pat
     assert shard.returncode == 0, shard.stderr[-2000:]
     predicted = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(predicted) == len(rows) - len(rows) // 2
+    # Joint CTC-attention decoding from the command line: the CTC prefix scores inside the search.
+    joint = run_main("predict", model, *images, "--num-beams", "2", "--ctc-joint", "0.7")
+    assert joint.returncode == 0 and len(joint.stdout.strip().splitlines()) == 3, joint.stderr[-2000:]
     folder = run_main("predict", model, str(Path(images[0]).parent), "--out", str(tmp_path / "p.csv"))
     assert folder.returncode == 0 and (tmp_path / "p.csv").read_text().startswith("image,text,confidence")
     grid = tmp_path / "grid.png"
@@ -373,3 +377,40 @@ def test_cached_image_is_reused_and_never_aliased_by_a_batch(words: Path) -> Non
     assert first.abs().sum() > 0 and len(calls) == 2
     with pytest.raises(ValueError, match="augmentation"):
         LineDataset(samples[:2], processor, None, augment="trocr-paper", with_labels=False, cache=True)
+
+
+def test_validation_reads_with_joint_ctc_decoding(words: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    """With eval.ctc_joint, the periodic validation (and so the best checkpoint) decodes with the
+    engine's joint CTC-attention search, as evaluate does, not with the decoder's beams alone."""
+    from trocr_tune.decoding.runners import TorchRunner
+
+    calls: list[int] = []
+    original = TorchRunner.generate_batch
+
+    def spy(self: Any, pixels: Any, settings: Any) -> Any:
+        calls.append(settings.ctc_joint)
+        return original(self, pixels, settings)
+
+    monkeypatch.setattr(TorchRunner, "generate_batch", spy)
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY_MODEL,
+            "train.max_steps=10",
+            "train.eval_steps=10",
+            "train.ctc_weight=1.0",
+            "train.learning_rate=3e-3",
+            "eval.num_beams=2",
+            "eval.ctc_joint=0.5",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    result = train(cfg)
+    assert calls and all(w == 0.5 for w in calls)
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    logged = [r["eval_cer"] for r in history if "eval_cer" in r]
+    samples = read_dataset(cfg.data).split("validation")
+    report = evaluate_bundle(load_bundle(result.model_dir), samples, cfg.eval)
+    assert logged[0] == pytest.approx(report.metrics.cer, abs=1e-9)

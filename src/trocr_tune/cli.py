@@ -488,7 +488,9 @@ def evaluate_command(
     the training transcripts' character n-gram model (MODEL/char_lm.json: train.char_lm_order or
     `trocr-tune lm`) and eval.rescore_length_bonus per token. eval.lm_fusion=W adds W x that
     model's log-probability of each next character to every step of the search (shallow fusion;
-    character tokenizers). CONFIG_HELP
+    character tokenizers). eval.ctc_joint=W weighs every candidate of the search by (1-W) decoder +
+    W the encoder-CTC prefix score (joint CTC-attention decoding; the real-line recipes: 0.7).
+    CONFIG_HELP
     """
     from .evaluate import evaluate_model, print_report, write_report
 
@@ -517,6 +519,15 @@ def evaluate_command(
     type=click.FloatRange(0.0, 1.0),
     help="With --num-beams > 1: pick among the beams by (1-W) decoder + W encoder-CTC log-likelihood "
     "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
+)
+@click.option(
+    "--ctc-joint",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Joint CTC-attention decoding: weigh every candidate of the search (greedy or beams) "
+    "(1-W) decoder + W encoder-CTC prefix score (models trained with train.ctc_weight > 0; the "
+    "real-line recipes use 4 beams and 0.7).",
 )
 @click.option(
     "--lm-weight",
@@ -555,6 +566,7 @@ def predict_command(
     batch_size: int,
     num_beams: int,
     ctc_rescore: float,
+    ctc_joint: float,
     lm_weight: float,
     lm_fusion: float,
     length_bonus: float,
@@ -584,6 +596,7 @@ def predict_command(
         batch_size=batch_size,
         num_beams=num_beams,
         ctc_rescore=ctc_rescore,
+        ctc_joint=ctc_joint,
         lm_weight=lm_weight,
         lm_fusion=lm_fusion,
         rescore_length_bonus=length_bonus,
@@ -683,6 +696,12 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     help="With --num-beams > 1: weight of the encoder-CTC log-likelihood (eval.ctc_rescore).",
 )
 @click.option(
+    "--ctc-joint",
+    default=None,
+    type=click.FloatRange(0.0, 1.0),
+    help="Weight of the encoder-CTC prefix score at every step of the search (eval.ctc_joint).",
+)
+@click.option(
     "--lm-weight",
     default=None,
     type=click.FloatRange(min=0.0),
@@ -717,6 +736,7 @@ def transcribe_command(
     batch_size: int | None,
     num_beams: int | None,
     ctc_rescore: float | None,
+    ctc_joint: float | None,
     lm_weight: float | None,
     lm_fusion: float | None,
     length_bonus: float | None,
@@ -760,6 +780,7 @@ def transcribe_command(
         "eval.batch_size": batch_size,
         "eval.num_beams": num_beams,
         "eval.ctc_rescore": ctc_rescore,
+        "eval.ctc_joint": ctc_joint,
         "eval.lm_weight": lm_weight,
         "eval.lm_fusion": lm_fusion,
         "eval.rescore_length_bonus": length_bonus,

@@ -54,6 +54,8 @@ def _rescoring_words(ev: EvalConfig) -> str:
             ", the training transcripts' character n-gram model fused into the search "
             f"(weight {ev.lm_fusion:g})"
         )
+    if ev.ctc_joint:
+        words += f", the encoder's CTC prefix scores in the search (joint decoding, weight {ev.ctc_joint:g})"
     terms = []
     if ev.ctc_rescore:
         terms.append(f"the encoder's CTC (weight {ev.ctc_rescore:g})")
@@ -168,8 +170,9 @@ def write_demo_report(out: Path, state: Any, cfg: Config) -> dict[str, Any]:
         f"prune-l1: {prune.get('sparsity', 0):.1%} of the Linear weights zeroed, masks kept through a short "
         f"fine-tune ({prune.get('seconds_per_epoch', 0):.1f} s/epoch).",
         "",
-        "The benchmark decodes every variant greedily (1 beam) on its share of the test lines, so "
-        "its CER can differ from the test CER above.",
+        "The benchmark decodes every variant greedily (1 beam"
+        + (", with the CTC prefix scores" if cfg.eval.ctc_joint else "")
+        + ") on its share of the test lines, so its CER can differ from the test CER above.",
         "",
         bench.get("table", "(benchmark not run)"),
         # Variants the demo itself left out (e.g. compile-default when its budget ran short).

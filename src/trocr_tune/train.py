@@ -37,6 +37,7 @@ from .config import Config, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
 from .data.reader import ReadResult, decode_check, read_dataset
+from .decoding import DecodeSettings
 from .decoding.charlm import CharNgramLM
 from .errors import UserError
 from .evaluate import evaluate_bundle, metric_normalizer, write_report
@@ -112,6 +113,9 @@ class LineTrainer(Seq2SeqTrainer):
     ctc_weight: float = 0.0
     ctc_warmup: float = 0.0
     time_budget: TimeBudget | None = None
+    # Set when the recipe decodes with trocr-tune's own search (eval.ctc_joint): validation then
+    # reads as evaluate does, so the best checkpoint is the one that reads best that way.
+    decode: DecodeSettings | None = None
     _ctc_values: list[float]
 
     def compute_loss(
@@ -137,6 +141,33 @@ class LineTrainer(Seq2SeqTrainer):
             loss = loss * 0.0  # CTC alone for now (keeps the graph, so every parameter gets a grad)
         loss = loss + self.ctc_weight * ctc
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs: Any,
+    ) -> tuple[Any, Any, Any]:
+        """The loss as the Trainer computes it; the readings from decoding/'s search with the
+        recipe's settings (joint CTC-attention decoding) when `decode` is set."""
+        from .decoding.runners import TorchRunner
+        from .decoding.search import TrOCRSteps
+
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.decode is None or prediction_loss_only or not TrOCRSteps.supports(unwrapped):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+        labels = inputs["labels"]
+        with torch.no_grad(), self.compute_loss_context_manager():
+            # The decoder's loss, as Seq2SeqTrainer's own step reports it (the CTC term left out).
+            loss = model(pixel_values=inputs["pixel_values"], labels=labels).loss.mean().detach()
+        tokenizer = self.processing_class.tokenizer  # type: ignore[union-attr]
+        pixels = inputs["pixel_values"]
+        readings = TorchRunner(unwrapped, tokenizer, pixels.device).generate_batch(pixels, self.decode)
+        texts = [r.text for r in readings]
+        ids = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
+        return loss, ids.to(labels.device), labels
 
     def _progress(self) -> float:
         """Share of training done: of the time budget when there is one, else of the steps."""
@@ -377,6 +408,8 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     trainer.ctc_weight = cfg.train.ctc_weight
     trainer.ctc_warmup = cfg.train.ctc_warmup
     trainer.time_budget = budget
+    if cfg.eval.ctc_joint > 0 and eval_set is not None:
+        trainer.decode = DecodeSettings.from_eval(bundle, cfg.eval)
     if budget is not None:  # ProgressLine replaces the raw log dicts of the default printer
         trainer.remove_callback(PrinterCallback)
     if trainer.is_world_process_zero():

@@ -80,3 +80,24 @@ def test_joint_search_reads_what_the_ctc_head_sees(beams: int) -> None:
     )
     readings = [[t for t in row if t not in (EOS, BLANK)] for row in ids]
     assert readings == [[3, 4, 4], [5], [6, 7, 6, 7, 2, 3]]
+
+
+def test_the_weight_is_checked_and_generate_refuses_it() -> None:
+    """eval.ctc_joint is a weight in [0, 1]; Transformers' plain `generate` cannot carry the
+    prefix state across its beams, so that path refuses it in one line instead of ignoring it."""
+    from trocr_tune.config import EvalConfig
+    from trocr_tune.decoding import DecodeSettings
+    from trocr_tune.decoding.runners import TorchRunner
+    from trocr_tune.errors import UserError
+    from trocr_tune.model.loading import load_bundle
+
+    with pytest.raises(UserError, match=r"eval\.ctc_joint must be within \[0, 1\]"):
+        EvalConfig(ctc_joint=1.5)
+    bundle = load_bundle("trocr-tune/base-htr")
+    runner = TorchRunner(bundle.model, bundle.tokenizer, torch.device("cpu"))
+    settings = DecodeSettings.from_eval(bundle, EvalConfig(num_beams=2, ctc_joint=0.7), 8)
+    pixels = torch.rand(2, 3, bundle.info.image_height, bundle.info.image_width)
+    assert len(runner.generate_batch(pixels, settings)) == 2
+    runner.fast = False
+    with pytest.raises(UserError, match=r"eval\.ctc_joint needs trocr-tune's own search"):
+        runner.generate_batch(pixels, settings)
