@@ -178,3 +178,24 @@ def test_verdicts_on_a_gpu_table_say_the_shares_are_not_profiled() -> None:
     [(name, pays, text)] = verdicts(result)
     assert name == "int8-dynamic" and not pays
     assert text.endswith("slower than 1.3x: operator time shares are profiled on CPU tables only")
+
+
+def test_generate_is_skipped_with_joint_ctc_decoding(tiny_run: Path, words: Path, tmp_path: Path) -> None:
+    """Transformers' generate cannot score CTC prefixes: with eval.ctc_joint the `generate` row is
+    left out and the table says why, while fp32 decodes jointly."""
+    from trocr_tune.benchmark import Settings, benchmark
+
+    cfg = load_config(
+        None,
+        ["data.layout=manifest", f"data.root={words}", "data.split=test", "eval.ctc_joint=0.5"],
+    )
+    table = benchmark(
+        str(tiny_run / "model"),
+        cfg,
+        ["generate"],
+        tmp_path / "b",
+        Settings(batch_size=4, runs=1, warmup=0, latency_lines=1),
+        isolate=False,
+    )
+    assert [row.variant for row in table.rows] == ["fp32"]
+    assert "cannot score CTC prefixes" in table.skipped["generate"]
