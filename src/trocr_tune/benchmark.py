@@ -329,9 +329,8 @@ def benchmark(
     skipped = {}
     runnable = [VariantSpec(BASELINE, BASELINE)]
     for spec in parsed:
-        reason = get_variant(spec.name).unavailable(device)
-        if spec.name == "generate" and cfg.eval.ctc_joint > 0:
-            reason = "plain generate cannot score CTC prefixes; compare with eval.ctc_joint=0"
+        variant = get_variant(spec.name)
+        reason = variant.unavailable(device) or variant.cannot_decode(cfg.eval)
         if reason:
             skipped[spec.label] = reason
         else:

@@ -24,7 +24,7 @@ from ..errors import UserError
 if TYPE_CHECKING:  # the registry itself stays import-light (CLI help, config validation)
     import torch
 
-    from ..config import OptimizeConfig
+    from ..config import EvalConfig, OptimizeConfig
     from ..decoding.runners import Runner
     from ..model.loading import ModelBundle
 
@@ -54,6 +54,11 @@ class Variant:
             return f"{self.requires[0]} not installed (pip install 'trocr-tune[{self.requires[1]}]')"
         own = getattr(self._module(), "unavailable", None)  # e.g. bf16 on a CPU without native bf16
         return own(device, **dict(self.options)) if own else None
+
+    def cannot_decode(self, cfg: EvalConfig) -> str | None:
+        """Why the variant cannot decode with these settings, or None (its module's `cannot_decode`)."""
+        own = getattr(self._module(), "cannot_decode", None)
+        return own(cfg) if own else None
 
     def why_not(self, facts: dict[str, Any]) -> str:
         """Why this variant does not beat fp32 here, from the baseline's measured `facts` (its

@@ -10,13 +10,20 @@ from typing import Any
 
 import torch
 
-from ..config import OptimizeConfig
+from ..config import EvalConfig, OptimizeConfig
 from ..decoding.runners import TorchRunner, on_device
 from ..model.loading import ModelBundle
 
 
 def apply(bundle: ModelBundle, cfg: OptimizeConfig, device: torch.device) -> TorchRunner:
     return TorchRunner(on_device(bundle.model, device), bundle.tokenizer, device, engine=False)
+
+
+def cannot_decode(cfg: EvalConfig) -> str | None:
+    """Transformers' beam search cannot carry the CTC prefix state of joint decoding."""
+    if cfg.ctc_joint > 0:
+        return "plain generate cannot score CTC prefixes; compare with eval.ctc_joint=0"
+    return None
 
 
 def why_not(facts: dict[str, Any]) -> str:
