@@ -42,10 +42,10 @@ class CTCPrefixScorer:
         # Probabilities in float64 for the products: a frame's label can be as unlikely as e^-300.
         self.p = log_probs.double().exp()
         device = self.device = self.x.device
-        self.images, self.frames, self.vocabulary = self.x.shape
+        images, self.frames, _ = self.x.shape
         self.beams, self.blank, self.eos, self.weight = beams, blank, eos, weight
         self.pre_beam = pre_beam or max(16, 2 * beams)
-        rows = self.images * beams
+        rows = images * beams
         # The empty prefix: no label emitted, only blanks up to each frame.
         self.r_n = torch.full((rows, self.frames), NEG, device=device)
         self.r_b = self.x[:, :, blank].cumsum(1).repeat_interleave(beams, 0)
@@ -62,6 +62,14 @@ class CTCPrefixScorer:
         first = torch.full((len(phi), 1), NEG if self.started else 0.0, device=self.device)
         return torch.cat([first, phi[:, :-1]], 1)
 
+    def _image_of(self, rows: int) -> torch.Tensor:
+        """The image of each of `rows` rows (`beams` consecutive rows per image)."""
+        return torch.arange(rows, device=self.device) // self.beams
+
+    def _label(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(rows, frames) CTC log-probabilities of each row's token in its image's frames."""
+        return self.x[self._image_of(len(tokens)), :, tokens]
+
     def scores(self, decoder: torch.Tensor) -> torch.Tensor:
         """(rows, vocabulary) CTC score of every next token: log psi(h + c) - log psi(h), and
         log p_CTC(h) - log psi(h) for the end. `decoder` (the decoder's log-probabilities) picks
@@ -74,30 +82,23 @@ class CTCPrefixScorer:
         images = rows // self.beams
         if vocabulary > FULL_VOCABULARY:
             candidates = decoder.topk(min(self.pre_beam, vocabulary), dim=1).indices
-            probs = self.p.repeat_interleave(self.beams, 0).gather(
-                2, candidates[:, None, :].expand(-1, self.frames, -1)
-            )
-            mass = (weights[:, :, None] * probs).sum(1)
+            probs = self.p[self._image_of(rows)[:, None], :, candidates]  # (rows, candidates, frames)
+            mass = (weights[:, None, :] * probs).sum(2)
         else:
             candidates = None
             mass = torch.bmm(weights.view(images, self.beams, self.frames), self.p).view(rows, -1)
         psi = (mass.log() + top.double()).float().clamp(min=NEG)
         # A label repeated needs a blank in between: its entry weights are the blank-ending ones.
         if self.started:
-            repeat = (
-                self._entry(self.r_b)
-                + self.x.repeat_interleave(self.beams, 0)
-                .gather(2, self.last[:, None, None].expand(-1, self.frames, 1))
-                .squeeze(2)
-            ).logsumexp(1)
+            repeat = (self._entry(self.r_b) + self._label(self.last)).logsumexp(1)
             if candidates is None:
                 psi.scatter_(1, self.last[:, None], repeat[:, None])
             else:
                 psi = torch.where(candidates == self.last[:, None], repeat[:, None], psi)
-        ctc = torch.full((rows, vocabulary), NEG, device=self.device)
         if candidates is None:
             ctc = psi - self.psi[:, None]
         else:
+            ctc = torch.full((rows, vocabulary), NEG, device=self.device)
             ctc.scatter_(1, candidates, psi - self.psi[:, None])
         # The end of the reading: the whole sequence's CTC probability.
         ctc[:, self.eos] = r_sum[:, -1] - self.psi
@@ -111,12 +112,10 @@ class CTCPrefixScorer:
         assert self._psi_ext is not None, "advance follows scores"
         if images is not None:
             self.x, self.p = self.x[images], self.p[images]
-            self.images = len(images)
         r_n, r_b, last = self.r_n[rows], self.r_b[rows], self.last[rows]
         phi = torch.where((tokens == last)[:, None], r_b, torch.logaddexp(r_n, r_b))
-        x = self.x.repeat_interleave(self.beams, 0)
-        label = x.gather(2, tokens[:, None, None].expand(-1, self.frames, 1)).squeeze(2)
-        blank = x[:, :, self.blank]
+        label = self._label(tokens)
+        blank = self._label(torch.full_like(tokens, self.blank))
         # r_n(t) = x_t(c) + logaddexp(r_n(t-1), phi(t-1)): a cumulative log-sum-exp of the entries.
         entry = self._entry(phi) + label
         cum = label.cumsum(1)
