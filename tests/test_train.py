@@ -414,3 +414,45 @@ def test_validation_reads_with_joint_ctc_decoding(words: Path, tmp_path: Path, m
     samples = read_dataset(cfg.data).split("validation")
     report = evaluate_bundle(load_bundle(result.model_dir), samples, cfg.eval)
     assert logged[0] == pytest.approx(report.metrics.cer, abs=1e-9)
+
+
+def test_frozen_stem_stays_bit_identical_while_the_rest_trains(words: Path, tmp_path: Path) -> None:
+    """train.freeze=stem: the conv encoder's stem keeps the base's weights; everything else learns."""
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY_MODEL,
+            "model.preset=conv",
+            "train.max_steps=4",
+            "train.eval_steps=4",
+            "train.learning_rate=3e-3",
+            "train.freeze=stem",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    start = WeightsAtStart()
+    result = train(cfg, callbacks=[start])
+    after = VisionEncoderDecoderModel.from_pretrained(result.model_dir).state_dict()
+    stem = [k for k in after if ".embedder." in k]
+    assert stem and all(torch.equal(after[k], start.weights[k]) for k in stem)
+    moved = [k for k in after if k not in stem and not torch.equal(after[k], start.weights[k])]
+    assert any(k.startswith("encoder.") for k in moved) and any(k.startswith("decoder.") for k in moved)
+    assert any(n.startswith("frozen: stem (") for n in result.metrics["notes"])
+
+
+def test_freeze_finds_each_encoders_stem_and_refuses_to_freeze_everything() -> None:
+    from trocr_tune.model.freeze import freeze_parts
+    from trocr_tune.model.presets import build_preset_model
+
+    special = {"pad": 1, "bos": 0, "eos": 2, "start": 0}
+    vit = build_preset_model("tiny", 20, 32, 128, 32, special)
+    patches = sum(p.numel() for p in vit.encoder.embeddings.patch_embeddings.parameters())
+    assert freeze_parts(vit, ["stem"]) == f"frozen: stem ({patches:,} parameters)"
+    frozen = {n for n, p in vit.named_parameters() if not p.requires_grad}
+    assert frozen and all("patch_embeddings" in n for n in frozen)
+    with pytest.raises(UserError, match="leaves no parameter to train"):
+        freeze_parts(vit, ["encoder", "decoder"])
+    with pytest.raises(UserError, match=r"train\.freeze='head' is not one of: stem, encoder, decoder"):
+        load_config(None, ["train.freeze=head"])

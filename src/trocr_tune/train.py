@@ -44,6 +44,7 @@ from .evaluate import evaluate_bundle, metric_normalizer, write_report
 from .files import atomic_open, atomic_write_text
 from .metrics import compute_metrics
 from .model.ctc import ctc_loss, encoder_grid
+from .model.freeze import freeze_parts
 from .model.loading import INFO_FILE, ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage
 from .runtime import resolve_precision
@@ -365,6 +366,10 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
         if probe_args.process_index == 0:
             print(notes[0], flush=True)
     check_special_tokens(bundle.model, bundle.tokenizer)
+    if frozen := freeze_parts(bundle.model, cfg.train.freeze):
+        notes.append(frozen)
+        if probe_args.process_index == 0:
+            print(frozen, flush=True)
     args = _training_args(cfg, has_eval=bool(eval_samples), checkpoints=checkpoints, learning_rate=lr)
     train_set = LineDataset(
         train_samples,
