@@ -107,3 +107,22 @@ def test_every_shipped_config_validates(path: Path) -> None:
 
 def test_configs_folder_is_not_empty() -> None:
     assert len(CONFIGS) >= 3
+
+
+def test_eval_records_the_keys_given_and_fills_only_the_rest(tmp_path: Path) -> None:
+    """A model's recorded decoding (EvalConfig.with_decoding) never overrides a key the user set."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("eval:\n  num_beams: 2\n  batch_size: 8\n")
+    cfg = load_config(recipe, ["eval.lm_weight=0"])
+    assert cfg.eval.given == {"num_beams", "batch_size", "lm_weight"}
+    assert load_config(None).eval.given == frozenset()
+    merged = cfg.eval.with_decoding({"num_beams": 4, "ctc_joint": 0.7, "lm_weight": 0.3, "batch_size": 1})
+    assert (merged.num_beams, merged.ctc_joint, merged.lm_weight, merged.batch_size) == (2, 0.7, 0.0, 8)
+    assert merged.decoding() == {"num_beams": 2, "ctc_joint": 0.7}
+    assert cfg.eval.with_decoding({}) is cfg.eval
+    # Bookkeeping, not a key: neither settable nor saved.
+    with pytest.raises(UserError, match=r"unknown config key 'eval\.given'"):
+        load_config(None, ["eval.given=x"])
+    assert "eval.given" not in all_keys()
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert "given" not in yaml.safe_load((tmp_path / "saved.yaml").read_text())["eval"]

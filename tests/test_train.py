@@ -409,6 +409,9 @@ def test_validation_reads_with_joint_ctc_decoding(words: Path, tmp_path: Path, m
     )
     result = train(cfg)
     assert calls and all(w == 0.5 for w in calls)
+    # The model records the decoding it was validated with ...
+    info = json.loads((result.model_dir / "trocr_tune.json").read_text())
+    assert info["decoding"] == {"num_beams": 2, "ctc_joint": 0.5}
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())
     logged = [r["eval_cer"] for r in history if "eval_cer" in r]
     samples = read_dataset(cfg.data).split("validation")
@@ -456,3 +459,44 @@ def test_freeze_finds_each_encoders_stem_and_refuses_to_freeze_everything() -> N
         freeze_parts(vit, ["encoder", "decoder"])
     with pytest.raises(UserError, match=r"train\.freeze='head' is not one of: stem, encoder, decoder"):
         load_config(None, ["train.freeze=head"])
+
+
+def test_predict_reads_as_the_model_records_unless_told_otherwise(
+    tiny_run: Path, words: Path, tmp_path: Path
+) -> None:
+    """predict without decoding flags uses the decoding a trained model records (trocr_tune.json);
+    a flag overrides its own key only; a runner that cannot run that decoding keeps the user's."""
+    from trocr_tune.config import EvalConfig
+    from trocr_tune.decoding.settings import model_decoding
+    from trocr_tune.predict import predict_images
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run / "model", model)
+    info = json.loads((model / "trocr_tune.json").read_text())
+    info["decoding"] = {"num_beams": 2, "ctc_joint": 0.5}
+    (model / "trocr_tune.json").write_text(json.dumps(info))
+    data = load_config(None, ["data.layout=manifest", f"data.root={words}"]).data
+    images = [s.image for s in read_dataset(data).samples][:4]
+    recorded = predict_images(model, images, EvalConfig())
+    explicit = predict_images(
+        model, images, EvalConfig(num_beams=2, ctc_joint=0.5, given=frozenset({"num_beams", "ctc_joint"}))
+    )
+    assert [p.text for p in recorded.predictions] == [p.text for p in explicit.predictions]
+    took = "decoding as the model records: eval.num_beams=2, eval.ctc_joint=0.5"
+    assert recorded.notes == [f"{took} (set these keys to decode otherwise)"]
+    assert explicit.notes == []
+    greedy = predict_images(model, images, EvalConfig(num_beams=1, given=frozenset({"num_beams"})))
+    assert greedy.notes == [
+        "decoding as the model records: eval.ctc_joint=0.5 (set these keys to decode otherwise)"
+    ]
+
+    class PlainGenerate:
+        def cannot_decode(self, settings: Any) -> str | None:
+            return "no CTC prefixes here" if settings.ctc_joint else None
+
+    kept, note = model_decoding(EvalConfig(), load_bundle(model), PlainGenerate())
+    assert kept == EvalConfig() and note.endswith("cannot run here: no CTC prefixes here")
+    # The CLI: stderr names the decoding it took.
+    out = run_main("predict", str(model), *images)
+    assert out.returncode == 0, out.stderr
+    assert "decoding as the model records: eval.num_beams=2, eval.ctc_joint=0.5" in out.stderr

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, EvalConfig, OptimizeConfig, save_config
+from .config import Config, EvalConfig, OptimizeConfig, config_to_dict, save_config
 from .data.dataset import LineDataset, collate
 from .data.reader import read_dataset
 from .decoding import DecodeSettings, Prediction, pick_device
@@ -372,7 +372,7 @@ def benchmark(
                 "pixels": str(pixels_path),
                 "settings": asdict(settings),
                 "optimize": asdict(cfg.optimize),
-                "eval": asdict(cfg.eval),
+                "eval": config_to_dict(cfg.eval),
                 "budget": budget,
                 "shared_graphs": shared_graphs,
             }

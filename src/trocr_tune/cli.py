@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -490,6 +491,8 @@ def evaluate_command(
     model's log-probability of each next character to every step of the search (shallow fusion;
     character tokenizers). eval.ctc_joint=W weighs every candidate of the search by (1-W) decoder +
     W the encoder-CTC prefix score (joint CTC-attention decoding; the real-line recipes: 0.7).
+    Decoding keys not set take the model's recorded decoding (trocr_tune.json, what its training
+    validated with), as predict, transcribe and serve do.
     CONFIG_HELP
     """
     from .evaluate import evaluate_model, print_report, write_report
@@ -511,19 +514,23 @@ def evaluate_command(
     help="Write .csv or .jsonl instead of printing TSV lines.",
 )
 @click.option("--batch-size", default=16, show_default=True, help="Lines decoded per batch.")
-@click.option("--num-beams", default=1, show_default=True, help="Beam width (1 = greedy).")
+@click.option(
+    "--num-beams",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Beam width (1 = greedy). Every decoding option left out takes the model's recorded decoding "
+    "(what its training validated with, e.g. 4 beams and --ctc-joint 0.7), else greedy with no extras.",
+)
 @click.option(
     "--ctc-rescore",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0.0, 1.0),
     help="With --num-beams > 1: pick among the beams by (1-W) decoder + W encoder-CTC log-likelihood "
     "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
 )
 @click.option(
     "--ctc-joint",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0.0, 1.0),
     help="Joint CTC-attention decoding: weigh every candidate of the search (greedy or beams) "
     "(1-W) decoder + W encoder-CTC prefix score (models trained with train.ctc_weight > 0; the "
@@ -531,24 +538,22 @@ def evaluate_command(
 )
 @click.option(
     "--lm-weight",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(min=0.0),
     help="With --num-beams > 1: add W x log p(text) under MODEL/char_lm.json, the training "
     "transcripts' character n-gram model, to each beam's score (the demo uses 0.25).",
 )
 @click.option(
     "--lm-fusion",
-    default=0.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(min=0.0),
     help="Add W x log p(next character | text so far) under MODEL/char_lm.json to every step of the "
     "search, greedy or beams (shallow fusion; the demo uses 0.25).",
 )
 @click.option(
     "--length-bonus",
-    default=0.0,
-    show_default=True,
+    default=None,
+    type=float,
     help="With --ctc-rescore or --lm-weight: add this per token to each beam's joint score "
     "(the demo uses 1).",
 )
@@ -564,12 +569,12 @@ def predict_command(
     inputs: tuple[str, ...],
     out: Path | None,
     batch_size: int,
-    num_beams: int,
-    ctc_rescore: float,
-    ctc_joint: float,
-    lm_weight: float,
-    lm_fusion: float,
-    length_bonus: float,
+    num_beams: int | None,
+    ctc_rescore: float | None,
+    ctc_joint: float | None,
+    lm_weight: float | None,
+    lm_fusion: float | None,
+    length_bonus: float | None,
     shard: str | None,
     device: str,
     workers: int,
@@ -592,21 +597,24 @@ def predict_command(
 
     warn = partial(click.echo, err=True)
     images = take_shard(collect_images(inputs, partial(manifest_images, warn=warn)), shard)
-    cfg = EvalConfig(
-        batch_size=batch_size,
-        num_beams=num_beams,
-        ctc_rescore=ctc_rescore,
-        ctc_joint=ctc_joint,
-        lm_weight=lm_weight,
-        lm_fusion=lm_fusion,
-        rescore_length_bonus=length_bonus,
-    )
+    flags: dict[str, Any] = {
+        "num_beams": num_beams,
+        "ctc_rescore": ctc_rescore,
+        "ctc_joint": ctc_joint,
+        "lm_weight": lm_weight,
+        "lm_fusion": lm_fusion,
+        "rescore_length_bonus": length_bonus,
+    }
+    given = {k: v for k, v in flags.items() if v is not None}
+    cfg = EvalConfig(batch_size=batch_size, **given, given=frozenset(given))
     with launched() as ranks:
         result = predict_images(model_path, images, cfg, device, workers, ranks)
     if not ranks.main:  # rank 0 reports and writes the merged output
         if not result.images:
             raise SystemExit(2)
         return
+    for line in result.notes:
+        click.echo(line, err=True)
     for path, reason in result.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not result.images:
@@ -687,7 +695,11 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     help="Lines decoded per batch (eval.batch_size, default 16).",
 )
 @click.option(
-    "--num-beams", default=None, type=click.IntRange(min=1), help="Beam width (eval.num_beams, default 1)."
+    "--num-beams",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Beam width (eval.num_beams). Decoding keys left unset take the model's recorded decoding, "
+    "else greedy with no extras.",
 )
 @click.option(
     "--ctc-rescore",

@@ -6,6 +6,7 @@ the resolved config is written next to every output (`save_config`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -254,6 +255,24 @@ class TrainConfig:
             _one_of("train.freeze", part, FREEZABLE)
 
 
+# Field metadata of bookkeeping fields that are not config keys (all_keys, YAML and saved configs skip them).
+INTERNAL = {"internal": True}
+
+# The EvalConfig keys that say how a model reads (a model records them; see EvalConfig.with_decoding).
+DECODING_KEYS = (
+    "num_beams",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "ctc_rescore",
+    "ctc_joint",
+    "lm_weight",
+    "lm_fusion",
+    "rescore_length_bonus",
+    "rescore_views",
+    "rescore_views_margin",
+)
+
+
 @dataclass
 class EvalConfig:
     """How predictions are generated and scored."""
@@ -297,6 +316,19 @@ class EvalConfig:
     # Applied identically to predictions and references of every system compared.
     metric_unicode_form: str = "NFC"
     metric_collapse_whitespace: bool = True
+    # The keys above that the YAML or the command line set, so that a model's recorded decoding
+    # (with_decoding) fills in only the rest. Not a config key.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata=INTERNAL)
+
+    def decoding(self) -> dict[str, Any]:
+        """The decoding keys that differ from the defaults (what `train` records in the model)."""
+        default = EvalConfig()
+        return {k: getattr(self, k) for k in DECODING_KEYS if getattr(self, k) != getattr(default, k)}
+
+    def with_decoding(self, recorded: dict[str, Any]) -> EvalConfig:
+        """These settings, with `recorded` (a model's decoding) for every decoding key not given."""
+        taken = {k: v for k, v in recorded.items() if k in DECODING_KEYS and k not in self.given}
+        return dataclasses.replace(self, **taken) if taken else self
 
     def __post_init__(self) -> None:
         _one_of("eval.metric_unicode_form", self.metric_unicode_form, ("NFC", "NFKC", "none"))
@@ -367,6 +399,8 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     keys = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
         name = prefix + f.name
         if dataclasses.is_dataclass(hints[f.name]):
             keys.extend(all_keys(hints[f.name], name + "."))
@@ -443,7 +477,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str, raw_keys: set[str]) -
         if not isinstance(name, str):  # YAML reads `1: x` or `true: x` as a non-string key
             raise UserError(f"config key {prefix}{name!r} must be a name, got {type(name).__name__}")
         key = prefix + name
-        if name not in fields:
+        if name not in fields or fields[name].metadata.get("internal"):
             raise _unknown_key(key)
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
@@ -454,6 +488,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str, raw_keys: set[str]) -
             kwargs[name] = _build(tp, value, key + ".", raw_keys)  # type: ignore[arg-type]
         else:
             kwargs[name] = _coerce(value, tp, key, key in raw_keys)
+    if "given" in fields and fields["given"].metadata.get("internal"):
+        kwargs["given"] = frozenset(kwargs)
     return cls(**kwargs)
 
 
@@ -506,7 +542,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as nested dicts of its keys (bookkeeping fields left out)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("internal"):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = config_to_dict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

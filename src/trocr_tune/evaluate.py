@@ -15,6 +15,7 @@ from rapidfuzz.distance import Levenshtein
 from .config import Config, EvalConfig, save_config
 from .data.records import DropLog, LineSample
 from .decoding import Prediction, pick_device, transcribe
+from .decoding.settings import model_decoding
 from .errors import UserError
 from .files import atomic_open, atomic_write_text
 from .metrics import MetricNormalizer, Metrics, compute_metrics, score_sample
@@ -106,8 +107,12 @@ def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: i
     if not samples:
         raise UserError(f"split '{cfg.data.split}' is empty for this dataset (set data.split)")
     bundle, runner = load_runner(model, pick_device(device), cfg.optimize)
+    # The model's recorded decoding fills the keys not given; cfg then says how it was read.
+    cfg.eval, note = model_decoding(cfg.eval, bundle, runner)
     unscored = result.log.only(cfg.data.split)
-    return evaluate_bundle(bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored)
+    report = evaluate_bundle(bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored)
+    report.notes[:0] = [note] if note else []
+    return report
 
 
 def evaluate_bundle(

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,12 +93,14 @@ class TranscribeReport:
     ignored: list[str] = field(default_factory=list)  # XML files that are neither ALTO nor PAGE
     outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # e.g. the model's recorded decoding, when used
 
     def summary(self) -> list[str]:
         """The closing lines the command prints."""
         rows = [
+            *self.notes,
             f"{self.pages} pages of {self.files} ALTO/PAGE files, {self.lines} lines read "
-            f"in {self.seconds:.1f} s; {self.log.total()} lines skipped"
+            f"in {self.seconds:.1f} s; {self.log.total()} lines skipped",
         ]
         if self.untouched:
             rows.append(f"  {self.untouched} lines of other types (data.line_types) left as they were")
@@ -611,13 +613,17 @@ def transcribe_pages(
 ) -> TranscribeReport:
     """Load `model` (a checkpoint or an `optimize` artifact) and transcribe the ALTO/PAGE `inputs`."""
     from .decoding import pick_device
+    from .decoding.settings import model_decoding
     from .optimize import load_runner
 
     ranks = ranks or Ranks()
     _check_options(options)
     find_xml_files(inputs, cfg.data.xml_glob)  # a wrong path fails before the model loads
     bundle, runner = load_runner(model, pick_device(ranks.device(device)), cfg.optimize)
-    return transcribe_files(bundle, runner, inputs, cfg, options, progress, ranks)
+    eval_cfg, note = model_decoding(cfg.eval, bundle, runner)
+    report = transcribe_files(bundle, runner, inputs, replace(cfg, eval=eval_cfg), options, progress, ranks)
+    report.notes[:0] = [note] if note else []
+    return report
 
 
 @dataclass

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import EvalConfig
 from .data.images import image_problem
 from .decoding import Prediction, pick_device, transcribe
+from .decoding.settings import model_decoding
 from .distributed import Ranks
 from .errors import UserError
 from .files import atomic_open
@@ -27,6 +28,7 @@ class PredictResult:
     images: list[str]
     predictions: list[Prediction]
     skipped: list[tuple[str, str]]  # (image, reason), in input order
+    notes: list[str] = field(default_factory=list)  # e.g. the model's recorded decoding, when used
 
 
 def predict_images(
@@ -48,10 +50,12 @@ def predict_images(
     ranks = ranks or Ranks()
     good, bad = readable_images(ranks.part(images))
     predictions: list[Prediction] = []
+    note = ""
     if good:
         bundle, runner = load_runner(model, pick_device(ranks.device(device)))
+        cfg, note = model_decoding(cfg, bundle, runner)
         predictions, _ = transcribe(bundle, good, cfg, num_workers=num_workers, runner=runner)
-    result = PredictResult([], [], [])
+    result = PredictResult([], [], [], [note] if note else [])
     for part_good, part_predictions, part_bad in ranks.gather((good, predictions, bad)):
         result.images += part_good
         result.predictions += part_predictions

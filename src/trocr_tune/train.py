@@ -357,6 +357,10 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
         )
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
+    # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
+    # records what it was validated with, so predict/evaluate/serve read it that way by default.
+    cfg.eval = cfg.eval.with_decoding(bundle.info.decoding)
+    bundle.info.decoding = cfg.eval.decoding()
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
     notes = _check_data(result, bundle, pretrained)

@@ -420,14 +420,20 @@ class TorchRunner(BeamSupport):
         pixels = pixel_values.to(self.device)
         return pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels
 
-    def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
-        if self.fast and not settings.no_repeat_ngram_size:
-            return self._search_batch(pixel_values, settings)
-        if settings.ctc_joint > 0:
-            raise UserError(
+    def cannot_decode(self, settings: DecodeSettings) -> str | None:
+        """Why this runner cannot decode with `settings`, or None."""
+        if settings.ctc_joint > 0 and not (self.fast and not settings.no_repeat_ngram_size):
+            return (
                 "eval.ctc_joint needs trocr-tune's own search: a TrOCR decoder, not compiled, "
                 "without eval.no_repeat_ngram_size"
             )
+        return None
+
+    def generate_batch(self, pixel_values: torch.Tensor, settings: DecodeSettings) -> list[Prediction]:
+        if self.fast and not settings.no_repeat_ngram_size:
+            return self._search_batch(pixel_values, settings)
+        if reason := self.cannot_decode(settings):
+            raise UserError(reason)
         kwargs = settings.generate_kwargs()
         rescore = settings.rescoring
         fused = settings.fused

@@ -99,3 +99,22 @@ class DecodeSettings:
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs
+
+
+def model_decoding(cfg: EvalConfig, bundle: ModelBundle, runner: Any = None) -> tuple[EvalConfig, str]:
+    """`cfg` with the model's recorded decoding (trocr_tune.json `decoding`, what `train` validated
+    with) for every decoding key the user did not set, and a one-line note of what it took ('' for
+    nothing). When that decoding cannot run here (no char_lm.json, a runner without trocr-tune's
+    search), `cfg` is kept and the note says why."""
+    merged = cfg.with_decoding(bundle.info.decoding)
+    if merged is cfg:
+        return cfg, ""
+    taken = ", ".join(f"eval.{k}={getattr(merged, k)}" for k in bundle.info.decoding if k not in cfg.given)
+    try:
+        check = getattr(runner, "cannot_decode", None)
+        reason = check(DecodeSettings.from_eval(bundle, merged)) if check else None
+    except UserError as problem:
+        reason = str(problem)
+    if reason:
+        return cfg, f"the model's recorded decoding ({taken}) cannot run here: {reason}"
+    return merged, f"decoding as the model records: {taken} (set these keys to decode otherwise)"

@@ -42,6 +42,9 @@ class ModelInfo:
     max_new_tokens: int
     trocr_tune_version: str = __version__
     extra: dict[str, object] = field(default_factory=dict)
+    # How the model reads best (eval.* decoding keys, e.g. num_beams and ctc_joint): predict,
+    # evaluate, transcribe and serve use these for every decoding key the user does not set.
+    decoding: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -216,6 +219,7 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
     """The model to fine-tune: a pretrained checkpoint adapted to the geometry, or a fresh preset."""
     height, width = target_size(cfg.geometry, cfg.image_height, cfg.image_width)
     extra: dict[str, object] = {}
+    decoding: dict[str, Any] = {}
     if cfg.preset:
         tokenizer = build_char_tokenizer(train_texts)
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
@@ -251,14 +255,24 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         if positions is not None and max_new + 2 > positions:
             raise UserError(f"labels need {max_new} tokens but the decoder has only {positions} positions")
         source = cfg.name_or_path
+        decoding = recorded_decoding(cfg.name_or_path)
     else:
         raise UserError(
             f"set model.name_or_path (hub id or directory) or model.preset ({', '.join(PRESETS)})"
         )
     resolve_special_tokens(model, processor.tokenizer)
     set_generation_budget(model, max_new)
-    info = ModelInfo(source, cfg.geometry, height, width, max_new, extra=extra)
+    info = ModelInfo(source, cfg.geometry, height, width, max_new, extra=extra, decoding=decoding)
     return ModelBundle(model, processor, info)
+
+
+def recorded_decoding(name: str) -> dict[str, Any]:
+    """The decoding a trocr-tune checkpoint folder records ({} for hub models and older folders)."""
+    path = Path(resolve_model_name(name)) / INFO_FILE
+    if not path.is_file():
+        return {}
+    decoding = json.loads(path.read_text(encoding="utf-8")).get("decoding")
+    return dict(decoding) if isinstance(decoding, dict) else {}
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:

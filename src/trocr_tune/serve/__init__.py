@@ -7,6 +7,7 @@ metrics.py the Prometheus metrics and app.py the endpoints; `serve` below wires 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -27,11 +28,15 @@ def model_decoder(model: str, cfg: Config, settings: ServeSettings) -> Decoder:
     """Load `model` (checkpoint or `optimize` artifact) once; a function that decodes line files
     with cfg.eval's decoding settings, all of them in one generate call (decoding.transcribe)."""
     from ..decoding import DecodeSettings, pick_device, transcribe
+    from ..decoding.settings import model_decoding
     from ..optimize import load_runner
 
     bundle, runner = load_runner(model, pick_device(settings.device), cfg.optimize)
-    DecodeSettings.from_eval(bundle, cfg.eval)  # a missing char_lm.json fails now, not on the first request
-    settings_eval = dataclasses.replace(cfg.eval, batch_size=settings.max_batch_size)
+    eval_cfg, note = model_decoding(cfg.eval, bundle, runner)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    DecodeSettings.from_eval(bundle, eval_cfg)  # a missing char_lm.json fails now, not on the first request
+    settings_eval = dataclasses.replace(eval_cfg, batch_size=settings.max_batch_size)
 
     def decode(paths: list[str]) -> Sequence[Prediction]:
         predictions, _ = transcribe(bundle, paths, settings_eval, runner=runner)
