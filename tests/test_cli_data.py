@@ -136,15 +136,20 @@ def test_module_entry_point() -> None:
     assert proc.returncode == 0 and "trocr-tune" in proc.stdout
 
 
+# Kaggle's train CSV has 331,000 rows; 80,000 keep the test short (tracemalloc slows Python).
+ROWS = 80_000
+
+
 def test_kaggle_scale_csv_streams(tmp_path: Path) -> None:
-    """200,000 CSV rows (Kaggle's train CSV: 331,000): counted, never decoded, memory bounded."""
+    """80,000 CSV rows: counted, never decoded, memory bounded (streamed: ~1.3 MiB traced; keeping
+    ~100 bytes per row would pass 8 MiB)."""
     root = tmp_path / "k"
     images = root / "train_v2" / "train"
     for i in range(20):
         line_image(images / f"TRAIN_{i:06d}.jpg", f"N{i}")
     with (root / "written_name_train_v2.csv").open("w") as fh:
         fh.write("FILENAME,IDENTITY\n")
-        for i in range(200_000):
+        for i in range(ROWS):
             fh.write(f"TRAIN_{i:06d}.jpg,NAME {i % 977}\n")
     tracemalloc.start()
     report = check_dataset(
@@ -156,6 +161,6 @@ def test_kaggle_scale_csv_streams(tmp_path: Path) -> None:
     assert (
         sum(sum(s.dropped.values()) for s in report.splits.values())
         + sum(report.dropped_before_split.values())
-        == 199_980
+        == ROWS - 20
     )
-    assert peak < 100 * 2**20, f"peak traced memory {peak / 2**20:.0f} MiB"
+    assert peak < 8 * 2**20, f"peak traced memory {peak / 2**20:.0f} MiB"
