@@ -501,3 +501,32 @@ def test_predict_reads_as_the_model_records_unless_told_otherwise(
     out = run_main("predict", str(model), *images)
     assert out.returncode == 0, out.stderr
     assert "decoding as the model records: eval.num_beams=2, eval.ctc_joint=0.5" in out.stderr
+
+
+def test_fine_tuning_inherits_the_decoding_its_checkpoint_records(
+    tiny_run: Path, words: Path, tmp_path: Path
+) -> None:
+    """A recipe without eval keys validates as the starting checkpoint records and passes that on;
+    a key the recipe sets wins."""
+    start = tmp_path / "start"
+    shutil.copytree(tiny_run / "model", start)
+    info = json.loads((start / "trocr_tune.json").read_text())
+    info["decoding"] = {"num_beams": 2, "ctc_joint": 0.5}
+    (start / "trocr_tune.json").write_text(json.dumps(info))
+    common = [
+        "data.layout=manifest",
+        f"data.root={words}",
+        f"model.name_or_path={start}",
+        "train.max_steps=2",
+        "train.eval_steps=2",
+        "train.num_workers=0",
+    ]
+    inherited = train(load_config(None, [*common, f"train.output_dir={tmp_path / 'a'}"]))
+    saved = json.loads((inherited.model_dir / "trocr_tune.json").read_text())
+    assert saved["decoding"] == {"num_beams": 2, "ctc_joint": 0.5}
+    assert (
+        "validation decodes as the checkpoint records: eval.num_beams=2, eval.ctc_joint=0.5"
+        in (inherited.metrics["notes"])
+    )
+    greedy = train(load_config(None, [*common, "eval.ctc_joint=0", f"train.output_dir={tmp_path / 'b'}"]))
+    assert json.loads((greedy.model_dir / "trocr_tune.json").read_text())["decoding"] == {"num_beams": 2}

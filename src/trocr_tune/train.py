@@ -357,13 +357,19 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
         )
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
-    # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
-    # records what it was validated with, so predict/evaluate/serve read it that way by default.
-    cfg.eval = cfg.eval.with_decoding(bundle.info.decoding)
-    bundle.info.decoding = cfg.eval.decoding()
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
     notes = _check_data(result, bundle, pretrained)
+    # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
+    # records what it was validated with, so predict/evaluate/serve read it that way by default.
+    inherited = cfg.eval.with_decoding(bundle.info.decoding)
+    if inherited is not cfg.eval:
+        taken = ", ".join(f"eval.{k}={v}" for k, v in bundle.info.decoding.items() if k not in cfg.eval.given)
+        notes.append(f"validation decodes as the checkpoint records: {taken}")
+        if probe_args.process_index == 0:
+            print(notes[-1], flush=True)
+    cfg.eval = inherited
+    bundle.info.decoding = cfg.eval.decoding()
     alphabet = cast(dict[str, Any], bundle.info.extra.get("alphabet", {}))
     if alphabet.get("added") or alphabet.get("removed"):  # model.new_characters changed the tokenizer
         notes.insert(0, f"alphabet: {alphabet['summary']}")
