@@ -212,7 +212,7 @@ class TrainConfig:
     # checkpoint (char_lm.json, decoding/charlm.py) for eval.lm_weight; 0 = none. A few hundred KB.
     char_lm_order: int = 5
     # Parts held fixed while training (model/freeze.py): stem (the encoder's first layer), encoder,
-    # decoder. Freezing the stem keeps the base's stroke detectors and makes a CPU step ~30% faster.
+    # decoder. A frozen stem keeps the base's stroke detectors; a CPU step is ~17% faster (docs/training.md).
     freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
