@@ -102,7 +102,10 @@ def test_every_key_is_documented_by_a_dotted_name() -> None:
 def test_every_shipped_config_validates(path: Path) -> None:
     cfg = load_config(path)
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert cfg.data.layout == raw["data"]["layout"]
+    if "inherit" in raw:  # a later pretraining stage: its parent is shipped too, and checked here
+        assert (path.parent / raw["inherit"]).is_file()
+    else:
+        assert cfg.data.layout == raw["data"]["layout"]
 
 
 def test_configs_folder_is_not_empty() -> None:
@@ -126,3 +129,30 @@ def test_eval_records_the_keys_given_and_fills_only_the_rest(tmp_path: Path) -> 
     assert "eval.given" not in all_keys()
     save_config(cfg, tmp_path / "saved.yaml")
     assert "given" not in yaml.safe_load((tmp_path / "saved.yaml").read_text())["eval"]
+
+
+def test_a_recipe_inherits_another_and_overrides_it_key_by_key(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  preset: tiny\n  dropout: 0.2\n"
+        "train:\n  batch_size: 32\n  max_minutes: 40\n"
+        "eval:\n  batch_size: 8\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "inherit: ../base.yaml\nmodel:\n  dropout: 0.0\ntrain:\n  max_minutes: null\n  max_steps: 7\neval:\n"
+    )
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["train.batch_size=4"])
+    assert (cfg.model.preset, cfg.model.dropout) == ("tiny", 0.0)
+    assert (cfg.train.batch_size, cfg.train.max_minutes, cfg.train.max_steps) == (4, None, 7)
+    assert cfg.eval.batch_size == 8  # an empty section keeps the inherited one
+    # The shipped stages are written this way: stage 7 is stage 6 with its own model and run folder.
+    root = Path(__file__).resolve().parents[1] / "configs"
+    six, seven = load_config(root / "pretrain-base-6.yaml"), load_config(root / "pretrain-base-7.yaml")
+    assert seven.train.output_dir == "runs/pretrain-base-7" and seven.train.max_steps == six.train.max_steps
+    (tmp_path / "loop.yaml").write_text("inherit: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("inherit: loop.yaml\n")
+    with pytest.raises(UserError, match="makes a loop of recipes"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("inherit: missing.yaml\n")
+    with pytest.raises(UserError, match=r"config file not found: .*missing\.yaml \(inherited by"):
+        load_config(tmp_path / "orphan.yaml")

@@ -504,26 +504,53 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict[str, str]:
     return out
 
 
+# A recipe's top-level `inherit: OTHER.yaml` (relative to the recipe) starts from that recipe's
+# keys; the recipe's own keys win, section by section. Not a config key.
+INHERIT = "inherit"
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's tree of keys, with the recipes it inherits from merged underneath."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}" + (f" (inherited by {chain[-1]})" if chain else ""))
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f":{line + 1}" if line is not None else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: the config must be a mapping of sections")
+    parent = loaded.pop(INHERIT, None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str) or not parent:
+        raise UserError(f"{path}: '{INHERIT}' must be the path of another recipe, got {parent!r}")
+    here = path.resolve()
+    base = (path.parent / parent).resolve()
+    if base == here or base in chain:
+        raise UserError(f"{path}: '{INHERIT}: {parent}' makes a loop of recipes")
+    return _merge(_read_recipe(base, (*chain, here)), loaded)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over`'s keys on top of `base`'s; sections merge key by key (an empty section keeps base's)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(out.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = _merge(out[key], value or {})
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Load YAML (optional), apply dotted overrides, validate, return the typed config."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{p}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f":{line + 1}" if line is not None else ""
-            raise UserError(f"{p}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: the config must be a mapping of sections")
-        tree = loaded
+    tree: dict[str, Any] = _read_recipe(Path(path)) if path is not None else {}
     raw_keys = set()
     valid = set(all_keys())
     for key, value in parse_overrides(overrides).items():
