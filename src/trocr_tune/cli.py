@@ -505,6 +505,77 @@ def evaluate_command(
         click.echo(f"report: {out}")
 
 
+# Decoding flags shared by predict and transcribe; each sets the eval key of the same name
+# (--length-bonus: eval.rescore_length_bonus). Unset (None), the model's recorded decoding applies.
+DECODING_FLAGS = {
+    "num_beams": "num_beams",
+    "ctc_rescore": "ctc_rescore",
+    "ctc_joint": "ctc_joint",
+    "lm_weight": "lm_weight",
+    "lm_fusion": "lm_fusion",
+    "length_bonus": "rescore_length_bonus",
+}
+
+
+_DECODING_OPTIONS = [
+    click.option(
+        "--num-beams",
+        default=None,
+        type=click.IntRange(min=1),
+        help="Beam width (1 = greedy). Every decoding option left out takes the model's recorded decoding "
+        "(what its training validated with, e.g. 4 beams and --ctc-joint 0.7), else greedy with no extras.",
+    ),
+    click.option(
+        "--ctc-rescore",
+        default=None,
+        type=click.FloatRange(0.0, 1.0),
+        help="With --num-beams > 1: pick among the beams by (1-W) decoder + W encoder-CTC log-likelihood "
+        "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
+    ),
+    click.option(
+        "--ctc-joint",
+        default=None,
+        type=click.FloatRange(0.0, 1.0),
+        help="Joint CTC-attention decoding: weigh every candidate of the search (greedy or beams) "
+        "(1-W) decoder + W encoder-CTC prefix score (models trained with train.ctc_weight > 0; the "
+        "real-line recipes use 4 beams and 0.7).",
+    ),
+    click.option(
+        "--lm-weight",
+        default=None,
+        type=click.FloatRange(min=0.0),
+        help="With --num-beams > 1: add W x log p(text) under MODEL/char_lm.json, the training "
+        "transcripts' character n-gram model, to each beam's score (the demo uses 0.25).",
+    ),
+    click.option(
+        "--lm-fusion",
+        default=None,
+        type=click.FloatRange(min=0.0),
+        help="Add W x log p(next character | text so far) under MODEL/char_lm.json to every step of the "
+        "search, greedy or beams (shallow fusion; the demo uses 0.25).",
+    ),
+    click.option(
+        "--length-bonus",
+        default=None,
+        type=float,
+        help="With --ctc-rescore or --lm-weight: add this per token to each beam's joint score "
+        "(the demo uses 1).",
+    ),
+]
+
+
+def decoding_options(command: Any) -> Any:
+    """Add the DECODING_FLAGS options to a command."""
+    for option in reversed(_DECODING_OPTIONS):
+        command = option(command)
+    return command
+
+
+def given_decoding(flags: dict[str, Any]) -> dict[str, Any]:
+    """The eval keys (without `eval.`) that the DECODING_FLAGS among `flags` set."""
+    return {key: flags[flag] for flag, key in DECODING_FLAGS.items() if flags.get(flag) is not None}
+
+
 @cli.command("predict")
 @click.argument("model_path", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES|DIR|MANIFEST...")
@@ -514,49 +585,7 @@ def evaluate_command(
     help="Write .csv or .jsonl instead of printing TSV lines.",
 )
 @click.option("--batch-size", default=16, show_default=True, help="Lines decoded per batch.")
-@click.option(
-    "--num-beams",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Beam width (1 = greedy). Every decoding option left out takes the model's recorded decoding "
-    "(what its training validated with, e.g. 4 beams and --ctc-joint 0.7), else greedy with no extras.",
-)
-@click.option(
-    "--ctc-rescore",
-    default=None,
-    type=click.FloatRange(0.0, 1.0),
-    help="With --num-beams > 1: pick among the beams by (1-W) decoder + W encoder-CTC log-likelihood "
-    "(models trained with train.ctc_weight > 0; the demo evaluates with 8 beams and 0.5).",
-)
-@click.option(
-    "--ctc-joint",
-    default=None,
-    type=click.FloatRange(0.0, 1.0),
-    help="Joint CTC-attention decoding: weigh every candidate of the search (greedy or beams) "
-    "(1-W) decoder + W encoder-CTC prefix score (models trained with train.ctc_weight > 0; the "
-    "real-line recipes use 4 beams and 0.7).",
-)
-@click.option(
-    "--lm-weight",
-    default=None,
-    type=click.FloatRange(min=0.0),
-    help="With --num-beams > 1: add W x log p(text) under MODEL/char_lm.json, the training "
-    "transcripts' character n-gram model, to each beam's score (the demo uses 0.25).",
-)
-@click.option(
-    "--lm-fusion",
-    default=None,
-    type=click.FloatRange(min=0.0),
-    help="Add W x log p(next character | text so far) under MODEL/char_lm.json to every step of the "
-    "search, greedy or beams (shallow fusion; the demo uses 0.25).",
-)
-@click.option(
-    "--length-bonus",
-    default=None,
-    type=float,
-    help="With --ctc-rescore or --lm-weight: add this per token to each beam's joint score "
-    "(the demo uses 1).",
-)
+@decoding_options
 @click.option(
     "--shard", default=None, help="i/n: transcribe only the i-th of n contiguous slices (parallel runs)."
 )
@@ -569,15 +598,10 @@ def predict_command(
     inputs: tuple[str, ...],
     out: Path | None,
     batch_size: int,
-    num_beams: int | None,
-    ctc_rescore: float | None,
-    ctc_joint: float | None,
-    lm_weight: float | None,
-    lm_fusion: float | None,
-    length_bonus: float | None,
     shard: str | None,
     device: str,
     workers: int,
+    **decoding: Any,
 ) -> None:
     """Transcribe line images: prints one `path<TAB>text<TAB>confidence` line per image.
 
@@ -597,15 +621,7 @@ def predict_command(
 
     warn = partial(click.echo, err=True)
     images = take_shard(collect_images(inputs, partial(manifest_images, warn=warn)), shard)
-    flags: dict[str, Any] = {
-        "num_beams": num_beams,
-        "ctc_rescore": ctc_rescore,
-        "ctc_joint": ctc_joint,
-        "lm_weight": lm_weight,
-        "lm_fusion": lm_fusion,
-        "rescore_length_bonus": length_bonus,
-    }
-    given = {k: v for k, v in flags.items() if v is not None}
+    given = given_decoding(decoding)
     cfg = EvalConfig(batch_size=batch_size, **given, given=frozenset(given))
     with launched() as ranks:
         result = predict_images(model_path, images, cfg, device, workers, ranks)
@@ -694,43 +710,7 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     type=click.IntRange(min=1),
     help="Lines decoded per batch (eval.batch_size, default 16).",
 )
-@click.option(
-    "--num-beams",
-    default=None,
-    type=click.IntRange(min=1),
-    help="Beam width (eval.num_beams). Decoding keys left unset take the model's recorded decoding, "
-    "else greedy with no extras.",
-)
-@click.option(
-    "--ctc-rescore",
-    default=None,
-    type=click.FloatRange(0.0, 1.0),
-    help="With --num-beams > 1: weight of the encoder-CTC log-likelihood (eval.ctc_rescore).",
-)
-@click.option(
-    "--ctc-joint",
-    default=None,
-    type=click.FloatRange(0.0, 1.0),
-    help="Weight of the encoder-CTC prefix score at every step of the search (eval.ctc_joint).",
-)
-@click.option(
-    "--lm-weight",
-    default=None,
-    type=click.FloatRange(min=0.0),
-    help="With --num-beams > 1: weight of MODEL/char_lm.json in each beam's score (eval.lm_weight).",
-)
-@click.option(
-    "--lm-fusion",
-    default=None,
-    type=click.FloatRange(min=0.0),
-    help="Shallow fusion weight of MODEL/char_lm.json at every step (eval.lm_fusion).",
-)
-@click.option(
-    "--length-bonus",
-    default=None,
-    type=float,
-    help="With --ctc-rescore or --lm-weight: per-token bonus (eval.rescore_length_bonus).",
-)
+@decoding_options
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option(
     "--workers", default=0, show_default=True, help="DataLoader worker processes for the line crops."
@@ -746,14 +726,9 @@ def transcribe_command(
     crop_padding: int | None,
     polygon_mask: bool | None,
     batch_size: int | None,
-    num_beams: int | None,
-    ctc_rescore: float | None,
-    ctc_joint: float | None,
-    lm_weight: float | None,
-    lm_fusion: float | None,
-    length_bonus: float | None,
     device: str,
     workers: int,
+    **decoding: Any,
 ) -> None:
     """Fill ALTO (v2-v4) or PAGE (2013/2019) files with MODEL's reading of every TextLine.
 
@@ -790,12 +765,7 @@ def transcribe_command(
         "data.crop_padding": crop_padding,
         "data.polygon_mask": polygon_mask,
         "eval.batch_size": batch_size,
-        "eval.num_beams": num_beams,
-        "eval.ctc_rescore": ctc_rescore,
-        "eval.ctc_joint": ctc_joint,
-        "eval.lm_weight": lm_weight,
-        "eval.lm_fusion": lm_fusion,
-        "eval.rescore_length_bonus": length_bonus,
+        **{f"eval.{key}": value for key, value in given_decoding(decoding).items()},
     }
     given = [
         f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items() if v is not None

@@ -325,9 +325,13 @@ class EvalConfig:
         default = EvalConfig()
         return {k: getattr(self, k) for k in DECODING_KEYS if getattr(self, k) != getattr(default, k)}
 
+    def taken_from(self, recorded: dict[str, Any]) -> dict[str, Any]:
+        """The decoding keys of `recorded` (a model's decoding) that these settings leave to it."""
+        return {k: v for k, v in recorded.items() if k in DECODING_KEYS and k not in self.given}
+
     def with_decoding(self, recorded: dict[str, Any]) -> EvalConfig:
-        """These settings, with `recorded` (a model's decoding) for every decoding key not given."""
-        taken = {k: v for k, v in recorded.items() if k in DECODING_KEYS and k not in self.given}
+        """These settings, with `recorded` for every decoding key not given."""
+        taken = self.taken_from(recorded)
         return dataclasses.replace(self, **taken) if taken else self
 
     def __post_init__(self) -> None:
@@ -566,6 +570,11 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         node[leaf] = value
         raw_keys.add(key)
     return _build(Config, tree, "", raw_keys)
+
+
+def keys_text(values: dict[str, Any], section: str = "eval") -> str:
+    """`{"num_beams": 4}` -> `eval.num_beams=4`, comma-separated (for notes naming settings)."""
+    return ", ".join(f"{section}.{k}={v}" for k, v in values.items())
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

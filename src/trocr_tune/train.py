@@ -33,7 +33,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .callbacks import GracefulInterrupt, ProgressLine, TimeBudget
-from .config import Config, save_config
+from .config import Config, keys_text, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
 from .data.reader import ReadResult, decode_check, read_dataset
@@ -362,13 +362,11 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
     notes = _check_data(result, bundle, pretrained)
     # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
     # records what it was validated with, so predict/evaluate/serve read it that way by default.
-    inherited = cfg.eval.with_decoding(bundle.info.decoding)
-    if inherited is not cfg.eval:
-        taken = ", ".join(f"eval.{k}={v}" for k, v in bundle.info.decoding.items() if k not in cfg.eval.given)
-        notes.append(f"validation decodes as the checkpoint records: {taken}")
+    if taken := cfg.eval.taken_from(bundle.info.decoding):
+        notes.append(f"validation decodes as the checkpoint records: {keys_text(taken)}")
         if probe_args.process_index == 0:
             print(notes[-1], flush=True)
-    cfg.eval = inherited
+    cfg.eval = cfg.eval.with_decoding(bundle.info.decoding)
     bundle.info.decoding = cfg.eval.decoding()
     alphabet = cast(dict[str, Any], bundle.info.extra.get("alphabet", {}))
     if alphabet.get("added") or alphabet.get("removed"):  # model.new_characters changed the tokenizer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..config import keys_text
 from ..errors import UserError
 from .charlm import CHAR_LM_FILE, CharNgramLM
 
@@ -109,7 +110,7 @@ def model_decoding(cfg: EvalConfig, bundle: ModelBundle, runner: Any = None) -> 
     merged = cfg.with_decoding(bundle.info.decoding)
     if merged is cfg:
         return cfg, ""
-    taken = ", ".join(f"eval.{k}={getattr(merged, k)}" for k in bundle.info.decoding if k not in cfg.given)
+    taken = keys_text(cfg.taken_from(bundle.info.decoding))
     try:
         check = getattr(runner, "cannot_decode", None)
         reason = check(DecodeSettings.from_eval(bundle, merged)) if check else None
