@@ -427,6 +427,9 @@ def train_command(args: tuple[str, ...]) -> None:
     train.char_lm_order > 0 it also holds char_lm.json for eval.lm_weight). The best
     checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced).
     train.resume=true continues from the last checkpoint; Ctrl-C saves one and stops.
+    train.self_training_on=test|FOLDER then reads those lines without their texts, trains
+    train.self_training_minutes more on its most confident readings and keeps the model that
+    reads the validation split better (docs/training.md).
     Multi-GPU / multi-node: launch the same command with torchrun or accelerate launch.
     \b
     Example:

@@ -214,6 +214,15 @@ class TrainConfig:
     # Parts held fixed while training (model/freeze.py): stem (the encoder's first layer), encoder,
     # decoder. A frozen stem keeps the base's stroke detectors; a CPU step is ~17% faster (docs/training.md).
     freeze: list[str] = field(default_factory=list)
+    # Self-training (self_training.py): after training, read these lines without their texts (the
+    # dataset's `test` split, or a folder / file of line images), keep the self_training_keep most
+    # confident readings as labels and train self_training_minutes more on them with the training
+    # split. null = off. The self-trained model is kept unless it reads the validation split (other
+    # hands than the one it adapted to) more than self_training_tolerance CER worse.
+    self_training_on: str | None = None
+    self_training_keep: float = 0.5
+    self_training_minutes: float = 4.0
+    self_training_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
         from .data.augment import POLICIES
@@ -253,6 +262,17 @@ class TrainConfig:
             _one_of("train.report_to", tracker, ("none", "tensorboard", "wandb"))
         for part in self.freeze:
             _one_of("train.freeze", part, FREEZABLE)
+        if self.self_training_on in ("train", "validation"):
+            raise UserError(
+                f"train.self_training_on={self.self_training_on}: read the lines of a hand training "
+                "neither learns from nor is validated on (test, or a folder of line images)"
+            )
+        if not 0 < self.self_training_keep <= 1:
+            raise UserError("train.self_training_keep must be in (0, 1]")
+        if self.self_training_minutes <= 0:
+            raise UserError("train.self_training_minutes must be > 0")
+        if self.self_training_tolerance < 0:
+            raise UserError("train.self_training_tolerance must be >= 0")
 
 
 # Field metadata of bookkeeping fields that are not config keys (all_keys, YAML and saved configs skip them).

@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +38,7 @@ from .config import Config, keys_text, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
 from .data.reader import ReadResult, decode_check, read_dataset
+from .data.records import LineSample
 from .decoding import DecodeSettings
 from .decoding.charlm import CharNgramLM
 from .errors import UserError
@@ -324,10 +326,14 @@ def _check_cache_memory(train_set: LineDataset) -> str:
     return f"train.cache_images: {len(train_set)} processed training images kept in memory ({gib:.2f} GiB)"
 
 
-def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+def train(
+    cfg: Config, callbacks: list[TrainerCallback] | None = None, extra_train: Sequence[LineSample] = ()
+) -> TrainResult:
     """Fine-tune as configured and write the run directory; returns its paths and final metrics.
 
-    `callbacks` are extra Transformers TrainerCallbacks (progress displays, custom stopping).
+    `callbacks` are extra Transformers TrainerCallbacks (progress displays, custom stopping);
+    `extra_train` lines join the dataset's training split (self-training's readings).
+    With train.self_training_on, self-training follows (self_training.py).
     """
     out = Path(cfg.train.output_dir)
     checkpoints = out / "checkpoints"
@@ -351,7 +357,7 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
             undecodable = decode_check(result, ("train", "validation"))
             if undecodable and probe_args.process_index == 0:
                 print(undecodable, file=sys.stderr, flush=True)
-    train_samples, eval_samples = result.split("train"), result.split("validation")
+    train_samples, eval_samples = result.split("train") + list(extra_train), result.split("validation")
     if not train_samples:
         raise UserError(
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
@@ -447,6 +453,7 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
             "interrupted": interrupt.requested,
         },
         "data": {split: len(result.split(split)) for split in ("train", "validation", "test")},
+        **({"self_training_lines": len(extra_train)} if extra_train else {}),
         "dropped": dict(result.log.by_reason()),
         "notes": result.log.notes + notes,
     }
@@ -473,4 +480,9 @@ def train(cfg: Config, callbacks: list[TrainerCallback] | None = None) -> TrainR
         plot_curves(trainer.state.log_history, out / "curves.png")
         atomic_write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    return TrainResult(out, model_dir, metrics, interrupt.signum if interrupt.requested else None)
+    done = TrainResult(out, model_dir, metrics, interrupt.signum if interrupt.requested else None)
+    if cfg.train.self_training_on is None or interrupt.requested:
+        return done
+    from .self_training import self_train
+
+    return self_train(cfg, done, bundle, result, callbacks)
