@@ -9,6 +9,7 @@ predictions.csv and model/.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -49,7 +50,8 @@ from .model.ctc import ctc_loss, encoder_grid
 from .model.freeze import freeze_parts
 from .model.loading import INFO_FILE, ModelBundle, build_for_training, check_special_tokens, save_bundle
 from .model.tokenizer import check_coverage
-from .runtime import resolve_precision
+from .runtime import is_main_process, resolve_precision
+from .self_training import FOLDER, keep_self_trained, pseudo_label, unlabelled_images
 
 DEFAULT_LR = {"pretrained": 5e-5, "preset": 1e-3}
 
@@ -483,6 +485,96 @@ def train(
     done = TrainResult(out, model_dir, metrics, interrupt.signum if interrupt.requested else None)
     if cfg.train.self_training_on is None or interrupt.requested:
         return done
-    from .self_training import self_train
+    return _self_train(cfg, done, bundle, result, callbacks)
 
-    return self_train(cfg, done, bundle, result, callbacks)
+
+def _self_train(
+    cfg: Config,
+    first: TrainResult,
+    bundle: ModelBundle,
+    result: ReadResult,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Pseudo-label with the fine-tuned `bundle`, train on, and put the self-trained model in
+    `first.model_dir` unless validation rose past the tolerance (the model it replaces goes to
+    self-training/start-model)."""
+    assert cfg.train.self_training_on is not None
+    labels = pseudo_label(bundle, unlabelled_images(cfg.train.self_training_on, result), cfg)
+    print(labels.describe(), flush=True)
+    out = first.output_dir / FOLDER
+    second_cfg = dataclasses.replace(
+        cfg,
+        # The fine-tuned model as it was saved: its own geometry, alphabet and layers.
+        model=dataclasses.replace(
+            cfg.model,
+            name_or_path=str(first.model_dir),
+            preset=None,
+            geometry="processor",
+            add_encoder_layers=0,
+        ),
+        train=dataclasses.replace(
+            cfg.train,
+            output_dir=str(out),
+            max_minutes=cfg.train.self_training_minutes,
+            resume=False,
+            self_training_on=None,
+        ),
+    )
+    second = train(second_cfg, callbacks, extra_train=labels.samples)
+    before = first.metrics.get("eval", {}).get("cer")
+    after = second.metrics.get("eval", {}).get("cer")
+    summary: dict[str, Any] = {
+        "source": cfg.train.self_training_on,
+        "read": labels.read,
+        "kept": len(labels.samples),
+        "unreadable": labels.unreadable,
+        "min_confidence": labels.min_confidence,
+        "minutes": cfg.train.self_training_minutes,
+        "validation_cer_before": before,
+        "validation_cer_after": after,
+    }
+    if second.interrupted is not None:
+        # The fine-tuned model stands; the self-training run's checkpoints stay for a look.
+        summary["kept_model"] = "before (self-training was interrupted)"
+        print("self-training was interrupted: the model from before is kept", file=sys.stderr, flush=True)
+        return _finish(first, summary)
+    # The validation split is other hands than the one adapted to: its CER guards against a
+    # self-training that went wrong, it does not measure the adaptation (docs/training.md).
+    tolerance = cfg.train.self_training_tolerance
+    better = keep_self_trained(before, after, tolerance)
+    summary["tolerance"] = tolerance
+    summary["kept_model"] = (
+        "self-trained" if better else f"before (validation CER rose by more than {tolerance:g})"
+    )
+    print(
+        f"self-training: validation CER {_cer(before)} -> {_cer(after)}; keeping the "
+        f"{'self-trained model' if better else f'model from before (a rise over {tolerance:g})'}",
+        flush=True,
+    )
+    if better and is_main_process() and second.model_dir.is_dir():
+        # The run folder's model, report and predictions become the self-trained ones.
+        start = out / "start-model"
+        if start.exists():
+            shutil.rmtree(start)
+        shutil.move(str(first.model_dir), str(start))
+        shutil.copytree(second.model_dir, first.model_dir)
+        for name in ("eval", "predictions.csv"):
+            source, target = second.output_dir / name, first.output_dir / name
+            if source.exists():
+                if target.is_dir():
+                    shutil.rmtree(target)
+                (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+        if "eval" in second.metrics:
+            first.metrics["eval"] = second.metrics["eval"]
+    return _finish(first, summary)
+
+
+def _cer(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _finish(first: TrainResult, summary: dict[str, Any]) -> TrainResult:
+    first.metrics["self_training"] = summary
+    if is_main_process() and first.output_dir.is_dir():
+        atomic_write_text(first.output_dir / "metrics.json", json.dumps(first.metrics, indent=2, default=str))
+    return first
