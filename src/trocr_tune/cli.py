@@ -428,8 +428,8 @@ def train_command(args: tuple[str, ...]) -> None:
     checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced).
     train.resume=true continues from the last checkpoint; Ctrl-C saves one and stops.
     train.self_training_on=test|FOLDER then reads those lines without their texts, trains
-    train.self_training_minutes more on its most confident readings and keeps the model that
-    reads the validation split better (docs/training.md).
+    train.self_training_minutes more on its most confident readings and keeps the self-trained
+    model unless its validation CER rose by more than train.self_training_tolerance (docs/training.md).
     Multi-GPU / multi-node: launch the same command with torchrun or accelerate launch.
     \b
     Example:
