@@ -446,6 +446,59 @@ def test_frozen_stem_stays_bit_identical_while_the_rest_trains(words: Path, tmp_
     assert any(n.startswith("frozen: stem (") for n in result.metrics["notes"])
 
 
+class WeightsEachStep(TrainerCallback):
+    """The trainable weights at the start and after every optimizer step, as the model holds them."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.steps = [{n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        self.steps.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_ema_model_is_the_average_of_the_trained_weights(
+    words: Path, tmp_path: Path, validation: bool
+) -> None:
+    """train.ema_decay: the saved model is the moving average of the weights the optimizer produced
+    (through the best checkpoint with a validation split, copied in at the end without one), while
+    training itself went on from the raw weights."""
+    steps, decay = 6, 0.8
+    root = words if validation else word_manifest(tmp_path / "lines", validation=0)
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={root}",
+            *TINY_MODEL,
+            f"train.max_steps={steps}",
+            f"train.eval_steps={steps}",
+            "train.learning_rate=3e-3",
+            f"train.ema_decay={decay}",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    seen = WeightsEachStep()
+    result = train(cfg, callbacks=[seen])
+    assert len(seen.steps) == steps + 1
+    expected = {n: w.clone() for n, w in seen.steps[0].items()}
+    for step, weights in enumerate(seen.steps[1:], start=1):
+        d = min(decay, (1 + step) / (10 + step))
+        for n, w in weights.items():
+            expected[n].lerp_(w, 1.0 - d)
+    saved = dict(VisionEncoderDecoderModel.from_pretrained(result.model_dir).named_parameters())
+    for n, w in expected.items():
+        torch.testing.assert_close(saved[n].detach(), w, rtol=0, atol=1e-6)
+    # Training did not go on from the average: the last raw weights are not the average.
+    assert any(not torch.allclose(seen.steps[-1][n], w, atol=1e-6) for n, w in expected.items())
+    assert (result.metrics["train"]["best_checkpoint"] is not None) == validation
+
+
+def test_ema_decay_must_be_below_one() -> None:
+    with pytest.raises(UserError, match=r"train\.ema_decay must be in \[0, 1\)"):
+        load_config(None, ["train.ema_decay=1.0"])
+
+
 def test_freeze_finds_each_encoders_stem_and_refuses_to_freeze_everything() -> None:
     from trocr_tune.model.freeze import freeze_parts
     from trocr_tune.model.presets import build_preset_model

@@ -1,4 +1,5 @@
-"""Trainer callbacks: SIGINT/SIGTERM checkpointing, a wall-clock budget with a time schedule, progress."""
+"""Trainer callbacks: SIGINT/SIGTERM checkpointing, a wall-clock budget with a time schedule, progress,
+and an exponential moving average of the weights."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from .files import atomic_write_text
@@ -109,6 +113,53 @@ class TimeBudget(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
             atomic_write_text(folder / BUDGET_FILE, json.dumps({"elapsed_seconds": self.elapsed()}))
+
+
+class WeightAverage(TrainerCallback):
+    """An exponential moving average of the trainable weights, updated after every optimizer step.
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)), so the first steps do not pin the
+    average to the starting weights. `swapped(model)` puts the average in the model for a block
+    (validation, a checkpoint) and restores the training weights after it.
+    """
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.shadow: dict[str, torch.Tensor] = {}
+
+    def _trained(self, model: Any) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        # A resumed run starts from its checkpoint, which holds the average (see `swapped`).
+        self.shadow = {n: p.detach().clone() for n, p in self._trained(model)}
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        decay = min(self.decay, (1 + state.global_step) / (10 + state.global_step))
+        with torch.no_grad():
+            for name, param in self._trained(model):
+                self.shadow[name].lerp_(param.detach(), 1.0 - decay)
+
+    def copy_to(self, model: Any) -> None:
+        """Write the average into the model's weights (for good)."""
+        with torch.no_grad():
+            for name, param in self._trained(model):
+                param.copy_(self.shadow[name])
+
+    @contextmanager
+    def swapped(self, model: Any) -> Iterator[None]:
+        """The average in the model's weights inside the block, the training weights after it."""
+        if not self.shadow:
+            yield
+            return
+        kept = {n: p.detach().clone() for n, p in self._trained(model)}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, param in self._trained(model):
+                    param.copy_(kept[name])
 
 
 class ProgressLine(TrainerCallback):

@@ -200,6 +200,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # torch.compile the training model: null, default, reduce-overhead or max-autotune.
     compile: str | None = None
+    # Validate, checkpoint and save an exponential moving average of the weights with this decay per
+    # optimizer step (e.g. 0.99: about the last 100 steps); 0 = the weights as trained.
+    ema_decay: float = 0.0
     # Weight of the auxiliary CTC loss on the encoder output (0 = off); see model/ctc.py.
     ctc_weight: float = 0.0
     # Share of training (of the time budget, else of the steps) that optimises the CTC loss alone:
@@ -250,6 +253,8 @@ class TrainConfig:
                 "train.cache_images needs train.augment=none (augmented images differ every epoch) and "
                 "train.num_workers=0 (worker processes cannot fill the main process's cache)"
             )
+        if not 0 <= self.ema_decay < 1:
+            raise UserError("train.ema_decay must be in [0, 1) (0 = no average)")
         if self.ctc_weight < 0:
             raise UserError("train.ctc_weight must be >= 0")
         if not 0 <= self.ctc_warmup < 1 or (self.ctc_warmup and not self.ctc_weight):

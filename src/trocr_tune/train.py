@@ -34,7 +34,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .callbacks import GracefulInterrupt, ProgressLine, TimeBudget
+from .callbacks import GracefulInterrupt, ProgressLine, TimeBudget, WeightAverage
 from .config import Config, keys_text, save_config
 from .curves import plot_curves
 from .data.dataset import LineDataset, collate
@@ -121,6 +121,8 @@ class LineTrainer(Seq2SeqTrainer):
     # Set when the recipe decodes with trocr-tune's own search (eval.ctc_joint): validation then
     # reads as evaluate does, so the best checkpoint is the one that reads best that way.
     decode: DecodeSettings | None = None
+    # train.ema_decay: validation and checkpoints see the averaged weights.
+    average: WeightAverage | None = None
     _ctc_values: list[float]
 
     def compute_loss(
@@ -173,6 +175,12 @@ class LineTrainer(Seq2SeqTrainer):
         texts = [r.text for r in readings]
         ids = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")["input_ids"]
         return loss, ids.to(labels.device), labels
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        if self.average is None or not (self.control.should_evaluate or self.control.should_save):
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
+        with self.average.swapped(self.accelerator.unwrap_model(self.model)):
+            return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def _progress(self) -> float:
         """Share of training done: of the time budget when there is one, else of the steps."""
@@ -412,6 +420,9 @@ def train(
         all_callbacks += [budget, ProgressLine(budget)]
     if cfg.train.ctc_weight:
         encoder_grid(bundle.model)  # fails early, in one line, for encoders without a token grid
+    average = WeightAverage(cfg.train.ema_decay) if cfg.train.ema_decay else None
+    if average is not None:
+        all_callbacks.append(average)
     if cfg.train.early_stopping_patience and eval_set is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     trainer = LineTrainer(
@@ -429,6 +440,7 @@ def train(
     trainer.ctc_weight = cfg.train.ctc_weight
     trainer.ctc_warmup = cfg.train.ctc_warmup
     trainer.time_budget = budget
+    trainer.average = average
     if cfg.eval.ctc_joint > 0 and eval_set is not None:
         trainer.decode = DecodeSettings.from_eval(bundle, cfg.eval)
     if budget is not None:  # ProgressLine replaces the raw log dicts of the default printer
@@ -439,6 +451,8 @@ def train(
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
+    if average is not None and trainer.state.best_model_checkpoint is None:
+        average.copy_to(trainer.accelerator.unwrap_model(trainer.model))  # no best checkpoint loaded
     bundle.model = cast(VisionEncoderDecoderModel, trainer.model)
     model_dir = out / "model"
     metrics: dict[str, Any] = {
