@@ -149,9 +149,6 @@ class WeightAverage(TrainerCallback):
     @contextmanager
     def swapped(self, model: Any) -> Iterator[None]:
         """The average in the model's weights inside the block, the training weights after it."""
-        if not self.shadow:
-            yield
-            return
         kept = {n: p.detach().clone() for n, p in self._trained(model)}
         self.copy_to(model)
         try:
