@@ -140,11 +140,14 @@ class WeightAverage(TrainerCallback):
             for name, param in self._trained(model):
                 self.shadow[name].lerp_(param.detach(), 1.0 - decay)
 
-    def copy_to(self, model: Any) -> None:
-        """Write the average into the model's weights (for good)."""
+    def _write(self, model: Any, weights: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for name, param in self._trained(model):
-                param.copy_(self.shadow[name])
+                param.copy_(weights[name])
+
+    def copy_to(self, model: Any) -> None:
+        """Write the average into the model's weights (for good)."""
+        self._write(model, self.shadow)
 
     @contextmanager
     def swapped(self, model: Any) -> Iterator[None]:
@@ -154,9 +157,7 @@ class WeightAverage(TrainerCallback):
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, param in self._trained(model):
-                    param.copy_(kept[name])
+            self._write(model, kept)
 
 
 class ProgressLine(TrainerCallback):
