@@ -74,6 +74,41 @@ def test_loads_by_name_through_the_library_and_the_recipes_start_from_it() -> No
         assert cfg.model.name_or_path == NAME and cfg.model.geometry == "processor", recipe
 
 
+def test_the_base_recommends_the_recipes_fine_tuning() -> None:
+    """A user who names only the base and the data trains as the real-line recipes do: the base's
+    `fine_tuning` keys are the values every recipe sets, and `train` takes them for unset keys."""
+    from trocr_tune.config import with_recommended
+    from trocr_tune.model.loading import recorded_fine_tuning
+
+    recommended = recorded_fine_tuning(NAME)
+    assert {"model.geometry", "train.learning_rate", "train.augment", "train.ctc_weight"} <= set(recommended)
+    repo = Path(__file__).resolve().parents[1]
+    for recipe in ("demo", "htromance-alto", "poilus-wills", "stanford-handwritten", "spanish-notary", "iam"):
+        cfg = load_config(repo / "configs" / f"{recipe}.yaml", ["data.root=x"])
+        for key, value in recommended.items():
+            section, _, name = key.partition(".")
+            assert getattr(getattr(cfg, section), name) == value, (recipe, key)
+    bare = load_config(None, ["data.root=x", f"model.name_or_path={NAME}", "train.batch_size=4"])
+    cfg, taken = with_recommended(bare, recommended, NAME)
+    assert "train.batch_size" not in taken and cfg.train.batch_size == 4
+    assert cfg.model.geometry == "processor" and cfg.train.augment == "handwriting"
+    assert cfg.train.learning_rate == 5e-4 and cfg.eval.lm_fusion == 0.1
+
+
+def test_train_without_a_model_fine_tunes_the_base_as_it_recommends() -> None:
+    from trocr_tune.model.loading import training_config
+
+    cfg, notes = training_config(load_config(None, ["data.root=x", "train.learning_rate=1e-4"]))
+    assert cfg.model.name_or_path == NAME and cfg.model.geometry == "processor"
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.ctc_weight == 1.0
+    assert notes[0] == f"model.name_or_path={NAME} (no model named): the shipped base"
+    assert notes[1].startswith(f"fine-tuning as {NAME} recommends: model.geometry=processor, train.batch")
+    assert "learning_rate" not in notes[1]
+    # A preset trains from scratch as before: nothing is recommended to it.
+    cfg, notes = training_config(load_config(None, ["data.root=x", "model.preset=tiny"]))
+    assert cfg.model.name_or_path is None and notes == []
+
+
 # Greedy CER of the shipped (stage-7, 48 x 768) checkpoint on these 12 + 12 lines: 0.244 on training
 # hands, 0.529 on the unseen test hands (stage 6: 0.281 and 0.523); a random or broken model reads
 # ~1.0, the stage-2 base read 0.595 and 0.673. The bounds leave room for other CPUs' arithmetic, not

@@ -583,3 +583,41 @@ def test_fine_tuning_inherits_the_decoding_its_checkpoint_records(
     )
     greedy = train(load_config(None, [*common, "eval.ctc_joint=0", f"train.output_dir={tmp_path / 'b'}"]))
     assert json.loads((greedy.model_dir / "trocr_tune.json").read_text())["decoding"] == {"num_beams": 2}
+
+
+def test_fine_tuning_takes_the_recipe_its_checkpoint_recommends(
+    tiny_run: Path, words: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """Keys the user leaves unset come from the checkpoint's `fine_tuning` (what the shipped base
+    records); keys set on the command line or in the YAML win; the trained model carries it on."""
+    start = tmp_path / "start"
+    shutil.copytree(tiny_run / "model", start)
+    info = json.loads((start / "trocr_tune.json").read_text())
+    info["fine_tuning"] = {"train.learning_rate": 2e-3, "train.warmup_ratio": 0.25, "eval.num_beams": 2}
+    (start / "trocr_tune.json").write_text(json.dumps(info))
+    common = [
+        "data.layout=manifest",
+        f"data.root={words}",
+        f"model.name_or_path={start}",
+        "train.max_steps=2",
+        "train.num_workers=0",
+    ]
+    run = train(load_config(None, [*common, "train.warmup_ratio=0", f"train.output_dir={tmp_path / 'a'}"]))
+    note = (
+        f"fine-tuning as {start} recommends: train.learning_rate=0.002, eval.num_beams=2 "
+        "(set these keys to train otherwise)"
+    )
+    assert note in capsys.readouterr().out
+    assert note in run.metrics["notes"]
+    resolved = load_config(run.output_dir / "config.yaml")
+    assert resolved.train.learning_rate == 2e-3 and resolved.eval.num_beams == 2
+    assert resolved.train.warmup_ratio == 0.0  # given on the command line
+    assert run.metrics["train"]["learning_rate"] == 2e-3
+    saved = json.loads((run.model_dir / "trocr_tune.json").read_text())
+    assert saved["fine_tuning"] == info["fine_tuning"]
+    assert saved["decoding"] == {"num_beams": 2}
+    # A recommendation that is not a model/train/eval key is refused with its source named.
+    info["fine_tuning"] = {"data.root": "elsewhere"}
+    (start / "trocr_tune.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match=r"recommends 'data\.root', which is not a model, train or eval key"):
+        train(load_config(None, [*common, f"train.output_dir={tmp_path / 'b'}"]))

@@ -420,6 +420,10 @@ def data_pretrain_set(
 def train_command(args: tuple[str, ...]) -> None:
     """Fine-tune a TrOCR checkpoint (model.name_or_path) or train a preset (model.preset).
 
+    Naming neither fine-tunes the shipped base, trocr-tune/base-htr. Keys you leave unset take
+    the values the checkpoint recommends (trocr_tune.json `fine_tuning`; for the base: its
+    geometry, learning rate, batch size, augmentation, CTC loss and LM fusion); train prints them.
+
     \b
     Writes train.output_dir/: config.yaml, metrics.json, curves.png, predictions.csv (validation
     set), eval/ (full evaluation report), checkpoints/ and model/ (loadable by plain
@@ -431,8 +435,10 @@ def train_command(args: tuple[str, ...]) -> None:
     train.self_training_minutes more on its most confident readings and keeps the self-trained
     model unless its validation CER rose by more than train.self_training_tolerance (docs/training.md).
     Multi-GPU / multi-node: launch the same command with torchrun or accelerate launch.
+
     \b
-    Example:
+    Examples:
+      trocr-tune train data.layout=alto data.root=pages/ data.group_by=page train.max_minutes=30
       trocr-tune train data.layout=manifest data.root=lines.jsonl model.preset=tiny \\
         train.max_steps=60 train.output_dir=RUN
 
@@ -744,6 +750,7 @@ def transcribe_command(
     without its image, or a line outside it, is skipped and reported; exit code 2 when nothing
     could be read. KEY=VALUE sets eval.*, optimize.* and data.line_types / crop_padding /
     polygon_mask / cache_dir / xml_glob. See docs/transcribe.md.
+
     \b
     Example:
       trocr-tune transcribe RUN/model pages/ --out filled/ data.xml_glob='**/*.alto.xml'
@@ -877,6 +884,7 @@ def serve_command(
     Endpoints: POST /v1/lines, POST /v1/pages, GET /health, /ready, /metrics, OpenAPI at /docs,
     and a web page at / (drop line images or a page with its XML). Lines of concurrent requests
     are decoded together (--max-batch-size, --max-wait-ms). See docs/serve.md.
+
     \b
     Example:
       trocr-tune serve RUN/model eval.num_beams=4 --port 8000 --api-key SECRET

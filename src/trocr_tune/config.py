@@ -32,6 +32,10 @@ def _one_of(key: str, value: object, choices: typing.Iterable[object]) -> None:
         raise UserError(f"{key}={value!r} is not one of: {', '.join(map(str, choices))}")
 
 
+# Field metadata of bookkeeping fields that are not config keys (all_keys, YAML and saved configs skip them).
+INTERNAL = {"internal": True}
+
+
 @dataclass
 class DataConfig:
     """Where the dataset is, how it is laid out, cleaned and split."""
@@ -113,7 +117,9 @@ class ModelConfig:
     """Which model to start from and the input geometry it sees."""
 
     # Hub id (e.g. microsoft/trocr-base-handwritten), local directory of a checkpoint, or a model
-    # shipped with trocr-tune (model/loading.py BUILTIN_MODELS: trocr-tune/base-htr).
+    # shipped with trocr-tune (model/loading.py BUILTIN_MODELS: trocr-tune/base-htr). null without a
+    # preset: `train` fine-tunes trocr-tune/base-htr. Keys a checkpoint recommends (trocr_tune.json
+    # `fine_tuning`: the base's learning rate, geometry, augmentation, ...) fill in the unset ones.
     name_or_path: str | None = None
     # From-scratch architecture (a name in model/presets.py's PRESETS) with a character tokenizer
     # built from the data.
@@ -136,6 +142,9 @@ class ModelConfig:
     # Transformer layers appended to a model.name_or_path encoder (ViT, DeiT, or the conv/hybrid
     # presets' DPT) before training; each starts as the identity (model/presets.py grow_encoder).
     add_encoder_layers: int = 0
+    # The keys above that the YAML or the command line set, so that a checkpoint's recommended
+    # fine-tuning (with_recommended) fills in only the rest. Not a config key.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         _one_of("model.geometry", self.geometry, GEOMETRIES)
@@ -226,6 +235,9 @@ class TrainConfig:
     self_training_keep: float = 0.5
     self_training_minutes: float = 4.0
     self_training_tolerance: float = 0.02
+    # The keys above that the YAML or the command line set, so that a checkpoint's recommended
+    # fine-tuning (with_recommended) fills in only the rest. Not a config key.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         from .data.augment import POLICIES
@@ -279,9 +291,6 @@ class TrainConfig:
         if self.self_training_tolerance < 0:
             raise UserError("train.self_training_tolerance must be >= 0")
 
-
-# Field metadata of bookkeeping fields that are not config keys (all_keys, YAML and saved configs skip them).
-INTERNAL = {"internal": True}
 
 # The EvalConfig keys that say how a model reads (a model records them; see EvalConfig.with_decoding).
 DECODING_KEYS = (
@@ -600,6 +609,37 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 def keys_text(values: dict[str, Any], section: str = "eval") -> str:
     """`{"num_beams": 4}` -> `eval.num_beams=4`, comma-separated (for notes naming settings)."""
     return ", ".join(f"{section}.{k}={v}" for k, v in values.items())
+
+
+# The sections a checkpoint may recommend keys of (ModelInfo.fine_tuning): how to fine-tune and
+# decode it, never where the data or the outputs are.
+RECOMMENDABLE = ("model", "train", "eval")
+
+
+def with_recommended(
+    cfg: Config, recommended: typing.Mapping[str, Any], source: str
+) -> tuple[Config, dict[str, Any]]:
+    """`cfg` with a checkpoint's recommended fine-tuning (dotted `model.*`, `train.*`, `eval.*` keys)
+    for every key still at its default that neither the YAML nor the command line set; and the
+    keys it took."""
+    valid = set(all_keys())
+    hints = typing.get_type_hints(Config)
+    changes: dict[str, dict[str, Any]] = {}
+    taken: dict[str, Any] = {}
+    for key, value in recommended.items():
+        section, _, name = key.partition(".")
+        if section not in RECOMMENDABLE or key not in valid:
+            raise UserError(f"{source} recommends {key!r}, which is not a model, train or eval key")
+        part = getattr(cfg, section)
+        # Set by the YAML or the command line, or changed by code (dataclasses.replace): kept.
+        if name in part.given or getattr(part, name) != getattr(type(part)(), name):
+            continue
+        tp = typing.get_type_hints(hints[section])[name]
+        changes.setdefault(section, {})[name] = taken[key] = _coerce(value, tp, key, False)
+    if not changes:
+        return cfg, {}
+    sections = {name: dataclasses.replace(getattr(cfg, name), **values) for name, values in changes.items()}
+    return dataclasses.replace(cfg, **sections), taken
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

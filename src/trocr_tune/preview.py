@@ -14,6 +14,7 @@ from .data.dataset import load_rgb
 from .data.reader import read_dataset
 from .errors import UserError
 from .model.geometry import geometry_image_processor, target_size
+from .model.loading import training_config
 
 
 def preview_processor(cfg: Config) -> Any:
@@ -46,6 +47,7 @@ def preview(cfg: Config, out: Path, count: int = 16, split: str = "train") -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cfg, _ = training_config(cfg)  # what train would see: the checkpoint's recommended augmentation
     samples = read_dataset(cfg.data).split(split)
     if not samples:
         raise UserError(f"split '{split}' is empty for this dataset")

@@ -48,7 +48,14 @@ from .files import atomic_open, atomic_write_text
 from .metrics import compute_metrics
 from .model.ctc import ctc_loss, encoder_grid
 from .model.freeze import freeze_parts
-from .model.loading import INFO_FILE, ModelBundle, build_for_training, check_special_tokens, save_bundle
+from .model.loading import (
+    INFO_FILE,
+    ModelBundle,
+    build_for_training,
+    check_special_tokens,
+    save_bundle,
+    training_config,
+)
 from .model.tokenizer import check_coverage
 from .runtime import is_main_process, resolve_precision
 from .self_training import FOLDER, keep_self_trained, pseudo_label, unlabelled_images
@@ -345,6 +352,10 @@ def train(
     `extra_train` lines join the dataset's training split (self-training's readings).
     With train.self_training_on, self-training follows (self_training.py).
     """
+    cfg, recommended = training_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # before the Trainer sets up the process group
+        for note in recommended:
+            print(note, flush=True)
     out = Path(cfg.train.output_dir)
     checkpoints = out / "checkpoints"
     set_seed(cfg.train.seed)
@@ -375,7 +386,7 @@ def train(
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
-    notes = _check_data(result, bundle, pretrained)
+    notes = recommended + _check_data(result, bundle, pretrained)
     # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
     # records what it was validated with, so predict/evaluate/serve read it that way by default.
     if taken := cfg.eval.taken_from(bundle.info.decoding):

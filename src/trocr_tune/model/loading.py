@@ -7,14 +7,14 @@ import math
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import GenerationConfig, TrOCRProcessor, VisionEncoderDecoderModel
 
 from .. import __version__
-from ..config import ModelConfig
+from ..config import Config, ModelConfig, with_recommended
 from ..decoding.charlm import CHAR_LM_FILE, CharNgramLM
 from ..errors import UserError
 from ..files import atomic_write_text
@@ -45,6 +45,10 @@ class ModelInfo:
     # How the model reads best (eval.* decoding keys, e.g. num_beams and ctc_joint): predict,
     # evaluate, transcribe and serve use these for every decoding key the user does not set.
     decoding: dict[str, Any] = field(default_factory=dict)
+    # How to fine-tune it (dotted model.*, train.* and eval.* keys, e.g. the learning rate its recipe
+    # was tuned with): `train` takes these for every key the user does not set, and the models it
+    # writes carry them on.
+    fine_tuning: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +178,8 @@ BUILTIN_MODELS: dict[str, str] = {
     # (docs/pretrained-base.md): the default starting point of the real-handwriting recipes.
     "trocr-tune/base-htr": "resources/models/base-htr",
 }
+# What `train` fine-tunes when a config names neither model.name_or_path nor model.preset.
+DEFAULT_MODEL = "trocr-tune/base-htr"
 
 
 def resolve_model_name(name: str) -> str:
@@ -220,6 +226,7 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
     height, width = target_size(cfg.geometry, cfg.image_height, cfg.image_width)
     extra: dict[str, object] = {}
     decoding: dict[str, Any] = {}
+    fine_tuning: dict[str, Any] = {}
     if cfg.preset:
         tokenizer = build_char_tokenizer(train_texts)
         max_new = cfg.max_new_tokens or max_new_tokens_for(tokenizer, all_texts)
@@ -256,23 +263,54 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
             raise UserError(f"labels need {max_new} tokens but the decoder has only {positions} positions")
         source = cfg.name_or_path
         decoding = recorded_decoding(cfg.name_or_path)
+        fine_tuning = recorded_fine_tuning(cfg.name_or_path)
     else:
         raise UserError(
             f"set model.name_or_path (hub id or directory) or model.preset ({', '.join(PRESETS)})"
         )
     resolve_special_tokens(model, processor.tokenizer)
     set_generation_budget(model, max_new)
-    info = ModelInfo(source, cfg.geometry, height, width, max_new, extra=extra, decoding=decoding)
+    info = ModelInfo(
+        source, cfg.geometry, height, width, max_new, extra=extra, decoding=decoding, fine_tuning=fine_tuning
+    )
     return ModelBundle(model, processor, info)
+
+
+def _recorded(name: str, entry: str) -> dict[str, Any]:
+    """One mapping of a trocr-tune checkpoint folder's trocr_tune.json ({} for hub models, older folders)."""
+    path = Path(resolve_model_name(name)) / INFO_FILE
+    if not path.is_file():
+        return {}
+    value = json.loads(path.read_text(encoding="utf-8")).get(entry)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def recorded_decoding(name: str) -> dict[str, Any]:
     """The decoding a trocr-tune checkpoint folder records ({} for hub models and older folders)."""
-    path = Path(resolve_model_name(name)) / INFO_FILE
-    if not path.is_file():
-        return {}
-    decoding = json.loads(path.read_text(encoding="utf-8")).get("decoding")
-    return dict(decoding) if isinstance(decoding, dict) else {}
+    return _recorded(name, "decoding")
+
+
+def recorded_fine_tuning(name: str) -> dict[str, Any]:
+    """The fine-tuning keys a trocr-tune checkpoint folder recommends ({} for hub models and most folders)."""
+    return _recorded(name, "fine_tuning")
+
+
+def training_config(cfg: Config) -> tuple[Config, list[str]]:
+    """The config `train` runs: from the shipped base when it names no model, with the fine-tuning
+    its checkpoint recommends (trocr_tune.json `fine_tuning`) for every key not set; and one-line
+    notes of what it took."""
+    notes = []
+    if not cfg.model.name_or_path and not cfg.model.preset:
+        model = replace(cfg.model, name_or_path=DEFAULT_MODEL)
+        cfg = replace(cfg, model=model)
+        notes.append(f"model.name_or_path={DEFAULT_MODEL} (no model named): the shipped base")
+    name = cfg.model.name_or_path
+    if name:
+        cfg, taken = with_recommended(cfg, recorded_fine_tuning(name), name)
+        if taken:
+            keys = ", ".join(f"{key}={value}" for key, value in taken.items())
+            notes.append(f"fine-tuning as {name} recommends: {keys} (set these keys to train otherwise)")
+    return cfg, notes
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
