@@ -163,3 +163,18 @@ def test_stretch_geometry_regrids_the_conv_base(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="square number"):
         resample_position_embeddings(plain, 64, 512)
     assert resample_position_embeddings(plain, 32, 512) is False
+
+
+def test_lines_too_long_for_the_decoder_name_the_length_that_fits() -> None:
+    """The base's decoder has 256 positions: a 229-character line fits (with the 10% headroom and
+    the start and end tokens), a 230-character one stops training with the key that drops it."""
+    from trocr_tune.config import ModelConfig
+    from trocr_tune.model.loading import build_for_training
+
+    model = ModelConfig(name_or_path=NAME, geometry="processor")
+    build_for_training(model, ["a" * 229], ["a" * 229])
+    with pytest.raises(
+        UserError,
+        match=r"decoder has only 256 positions: drop the longest lines with data\.max_text_length=229",
+    ):
+        build_for_training(model, ["a" * 230], ["a" * 230])

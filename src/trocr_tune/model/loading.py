@@ -260,7 +260,14 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         decoder_config: Any = model.config.decoder
         positions = getattr(decoder_config, "max_position_embeddings", None)
         if positions is not None and max_new + 2 > positions:
-            raise UserError(f"labels need {max_new} tokens but the decoder has only {positions} positions")
+            # The budget is the longest label + 10% (max_new_tokens_for) and two positions stay for
+            # the start and end tokens: a character tokenizer's lines fit up to this many characters.
+            fits = math.floor((positions - 2) / 1.1) - 1
+            raise UserError(
+                f"labels need {max_new} tokens but the decoder has only {positions} positions: drop the "
+                f"longest lines with data.max_text_length={fits} (dropped lines are counted) or start "
+                "from a model with more decoder positions"
+            )
         source = cfg.name_or_path
         decoding = recorded_decoding(cfg.name_or_path)
         fine_tuning = recorded_fine_tuning(cfg.name_or_path)
