@@ -87,6 +87,10 @@ def test_benchmark_cli_writes_four_files_with_every_column_filled(
     md = (out / "benchmark.md").read_text()
     assert "| fp32 |" in md and "Skipped fp16" in md and "median of 2 timed runs" in md
     assert "Does it pay? (>= 1.3x" in md and "Where fp32's time goes: encoder" in md
+    # fp32 is timed once more after the variants, so drift in the machine's speed shows.
+    recheck = json.loads((out / "benchmark.json").read_text())["environment"]["baseline_recheck"]
+    assert recheck["seconds_before"] > 0 and recheck["seconds_after"] > 0
+    assert "fp32 timed again after the variants:" in md
     assert md in proc.stdout
 
 
@@ -142,6 +146,26 @@ def test_verdicts_pay_only_at_parity_and_otherwise_give_the_variants_reason() ->
     facts = {"op_share": 0.8, "linear_share": 0.2, "conv_share": 0.1}
     assert "with beams" not in VARIANTS["onnx"].why_not(facts)
     assert "only the decoder steps run in ONNX Runtime" in VARIANTS["onnx"].why_not({**facts, "beams": 4})
+
+
+def test_a_verdict_that_fp32_timed_again_would_flip_is_not_settled() -> None:
+    """fp32 is timed again after the variants; where that time puts a variant on the other side of
+    the pay threshold, its verdict says it is not settled."""
+    same = ["a", "b"]
+    result = _result(
+        {"fp32": 1.0, "onnx": 1.6, "openvino": 1.25},
+        {"fp32": 0.3, "onnx": 0.3, "openvino": 0.3},
+        {"fp32": same, "onnx": same, "openvino": same},
+    )
+    result.environment["baseline_recheck"] = {"seconds_before": 10.0, "seconds_after": 7.0}
+    got = {name: (pays, text) for name, pays, text in verdicts(result)}
+    # onnx: 10 / 6.25 = 1.60x, but 7 / 6.25 = 1.12x against fp32 timed again.
+    assert got["onnx"][0] and got["onnx"][1].endswith(
+        "(not settled: against fp32 timed again after the variants it reads 1.12x; "
+        "the machine's speed moved during the run)"
+    )
+    # openvino is slower than 1.3x either way (1.25x, then 0.88x): settled.
+    assert not got["openvino"][0] and "not settled" not in got["openvino"][1]
 
 
 def test_benchmark_rejects_an_artifact_as_baseline(tiny_run: Path, words: Path, tmp_path: Path) -> None:
