@@ -298,7 +298,7 @@ def recorded_decoding(name: str) -> dict[str, Any]:
 
 
 def recorded_fine_tuning(name: str) -> dict[str, Any]:
-    """The fine-tuning keys a trocr-tune checkpoint folder recommends ({} for hub models and most folders)."""
+    """The fine-tuning keys a trocr-tune checkpoint folder recommends ({} for hub models, folders without)."""
     return _recorded(name, "fine_tuning")
 
 
