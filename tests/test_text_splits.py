@@ -87,3 +87,16 @@ def test_given_splits_are_kept_unless_resplit() -> None:
     cfg = load_config(None, ["data.group_by=page", "data.resplit=true"]).data
     resplit = assign_splits(given, cfg, DropLog())
     assert {s.split for s in resplit} != {"test"}
+
+
+def test_a_line_by_line_split_says_which_pages_straddle_splits() -> None:
+    """Without data.group_by, lines of one page land in training and in test: the split says so and
+    names the key that keeps them apart; a group split has nothing to say."""
+    log = DropLog()
+    assign_splits(_samples(200, groups=17), load_config(None, []).data, log)
+    [note] = [n for n in log.notes if n.startswith("lines were split one by one")]
+    assert "of 17 pages have lines in training and in validation or test" in note
+    assert note.endswith("data.group_by=page keeps each page in one split")
+    grouped = DropLog()
+    assign_splits(_samples(200, groups=17), load_config(None, ["data.group_by=page"]).data, grouped)
+    assert not any(n.startswith("lines were split one by one") for n in grouped.notes)

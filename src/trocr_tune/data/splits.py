@@ -107,4 +107,23 @@ def assign_splits(samples: list[LineSample], cfg: DataConfig, log: DropLog) -> l
         pending = group_split(pending, cfg.group_by, cfg.split_ratios, cfg.seed, log)
     else:
         pending = ratio_split(pending, cfg.split_ratios, cfg.seed)
+        _note_shared_groups(pending, log)
     return given + pending
+
+
+def _note_shared_groups(samples: list[LineSample], log: DropLog) -> None:
+    """Say when a line-by-line split put lines of one page (or writer, manuscript) in training and in
+    validation or test: those figures then score hands the model trained on."""
+    for key in ("writer", "manuscript", "page"):
+        splits: dict[str, set[str | None]] = defaultdict(set)
+        for s in samples:
+            if s.meta.get(key) is not None:
+                splits[s.meta[key]].add(s.split)
+        shared = sorted(g for g, seen in splits.items() if "train" in seen and len(seen) > 1)
+        if shared:
+            log.note(
+                f"lines were split one by one: {len(shared)} of {len(splits)} {key}s have lines in training "
+                f"and in validation or test (e.g. {shared[0]}), so those scores include hands seen in "
+                f"training; data.group_by={key} keeps each {key} in one split"
+            )
+            return
