@@ -378,6 +378,9 @@ def train(
             undecodable = decode_check(result, ("train", "validation"))
             if undecodable and probe_args.process_index == 0:
                 print(undecodable, file=sys.stderr, flush=True)
+    if probe_args.process_index == 0:  # how the data was split (and whether hands straddle splits)
+        for note in result.log.notes:
+            print(f"data: {note}", flush=True)
     train_samples, eval_samples = result.split("train") + list(extra_train), result.split("validation")
     if not train_samples:
         raise UserError(
