@@ -190,3 +190,27 @@ def test_data_check_cli_htromance_group_split_by_manuscript(
     assert {s for v in split_of.values() for s in v} == {"train", "validation", "test"}
     assert (tmp_path / "lines.config.yaml").is_file()
     assert elapsed < 60, f"data check took {elapsed:.1f} s with a warm crop cache"
+
+
+def test_a_score_on_pages_split_line_by_line_says_the_hands_were_seen(real_cache: Path) -> None:
+    """Stanford letters split line by line: half of them have lines in training and in validation or
+    test, and both the reader's notes and evaluate's report say so, naming data.group_by."""
+    from trocr_tune.evaluate import evaluate_model
+
+    overrides = [
+        "data.layout=alto",
+        f"data.root={STANFORD}",
+        "data.line_types=[Handwritten]",
+        f"data.cache_dir={real_cache}",
+        "data.limit=4",
+        "eval.num_beams=1",
+    ]
+    [note] = [n for n in read_dataset(load_config(None, overrides).data).log.notes if "one by one" in n]
+    assert note.startswith("lines were split one by one: 3 of 6 manuscripts have lines in training")
+    assert note.endswith("data.group_by=manuscript keeps each manuscript in one split")
+    report = evaluate_model("trocr-tune/base-htr", load_config(None, overrides))
+    assert note in report.notes
+    grouped = evaluate_model(
+        "trocr-tune/base-htr", load_config(None, [*overrides, "data.group_by=manuscript"])
+    )
+    assert not any("one by one" in n for n in grouped.notes)

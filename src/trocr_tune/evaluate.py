@@ -100,6 +100,7 @@ def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: i
     """Score `model` (a checkpoint or an `optimize` artifact) on cfg.data's cfg.data.split; the
     lines dropped when the split was read count as unscored."""
     from .data.reader import read_dataset
+    from .data.splits import SPLIT_ONE_BY_ONE
     from .optimize import load_runner
 
     result = read_dataset(cfg.data)
@@ -111,7 +112,9 @@ def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: i
     cfg.eval, note = model_decoding(cfg.eval, bundle, runner)
     unscored = result.log.only(cfg.data.split)
     report = evaluate_bundle(bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored)
-    report.notes[:0] = [note] if note else []
+    # A score on hands the model may have trained on says so.
+    shared = [n for n in result.log.notes if n.startswith(SPLIT_ONE_BY_ONE)]
+    report.notes[:0] = ([note] if note else []) + shared
     return report
 
 

@@ -111,6 +111,10 @@ def assign_splits(samples: list[LineSample], cfg: DataConfig, log: DropLog) -> l
     return given + pending
 
 
+# How the note on hands shared between training and validation/test begins (evaluate repeats it).
+SPLIT_ONE_BY_ONE = "lines were split one by one"
+
+
 def _note_shared_groups(samples: list[LineSample], log: DropLog) -> None:
     """Say when a line-by-line split put lines of one page (or writer, manuscript) in training and in
     validation or test: those figures then score hands the model trained on."""
@@ -122,7 +126,7 @@ def _note_shared_groups(samples: list[LineSample], log: DropLog) -> None:
         shared = sorted(g for g, seen in splits.items() if "train" in seen and len(seen) > 1)
         if shared:
             log.note(
-                f"lines were split one by one: {len(shared)} of {len(splits)} {key}s have lines in training "
+                f"{SPLIT_ONE_BY_ONE}: {len(shared)} of {len(splits)} {key}s have lines in training "
                 f"and in validation or test (e.g. {shared[0]}), so those scores include hands seen in "
                 f"training; data.group_by={key} keeps each {key} in one split"
             )
