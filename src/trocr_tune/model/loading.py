@@ -71,10 +71,14 @@ class ModelBundle:
         return self.processor.image_processor
 
 
+def _with_headroom(tokens: int) -> int:
+    """A generation budget for labels of up to `tokens` tokens: 10% more, at least 2."""
+    return tokens + max(2, math.ceil(0.1 * tokens))
+
+
 def max_new_tokens_for(tokenizer: Any, texts: Sequence[str]) -> int:
     """Longest label in tokens (eos included) plus 10% headroom: never the library default of 20."""
-    longest = max((len(encode_label(tokenizer, t)) for t in texts), default=1)
-    return longest + max(2, math.ceil(0.1 * longest))
+    return _with_headroom(max((len(encode_label(tokenizer, t)) for t in texts), default=1))
 
 
 def decoding_budget(bundle: ModelBundle, texts: Sequence[str]) -> tuple[int, int]:
@@ -260,9 +264,9 @@ def build_for_training(cfg: ModelConfig, train_texts: Sequence[str], all_texts: 
         decoder_config: Any = model.config.decoder
         positions = getattr(decoder_config, "max_position_embeddings", None)
         if positions is not None and max_new + 2 > positions:
-            # The budget is the longest label + 10% (max_new_tokens_for) and two positions stay for
-            # the start and end tokens: a character tokenizer's lines fit up to this many characters.
-            fits = math.floor((positions - 2) / 1.1) - 1
+            # The longest line that fits for a character tokenizer: its characters + eos, with the
+            # budget's headroom and two positions for the start and end tokens.
+            fits = max((n for n in range(positions) if _with_headroom(n + 1) + 2 <= positions), default=0)
             raise UserError(
                 f"labels need {max_new} tokens but the decoder has only {positions} positions: drop the "
                 f"longest lines with data.max_text_length={fits} (dropped lines are counted) or start "
