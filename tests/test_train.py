@@ -556,24 +556,33 @@ def test_predict_reads_as_the_model_records_unless_told_otherwise(
     assert "decoding as the model records: eval.num_beams=2, eval.ctc_joint=0.5" in out.stderr
 
 
+def _recording(tiny_run: Path, tmp_path: Path, **entries: Any) -> Path:
+    """A copy of the tiny model whose trocr_tune.json records `entries` (e.g. decoding, fine_tuning)."""
+    start = tmp_path / "start"
+    shutil.copytree(tiny_run / "model", start, dirs_exist_ok=True)
+    info = json.loads((start / "trocr_tune.json").read_text())
+    (start / "trocr_tune.json").write_text(json.dumps({**info, **entries}))
+    return start
+
+
+def _fine_tune(words: Path, start: Path) -> list[str]:
+    """Two quick training steps from `start` on the words fixture."""
+    return [
+        "data.layout=manifest",
+        f"data.root={words}",
+        f"model.name_or_path={start}",
+        "train.max_steps=2",
+        "train.num_workers=0",
+    ]
+
+
 def test_fine_tuning_inherits_the_decoding_its_checkpoint_records(
     tiny_run: Path, words: Path, tmp_path: Path
 ) -> None:
     """A recipe without eval keys validates as the starting checkpoint records and passes that on;
     a key the recipe sets wins."""
-    start = tmp_path / "start"
-    shutil.copytree(tiny_run / "model", start)
-    info = json.loads((start / "trocr_tune.json").read_text())
-    info["decoding"] = {"num_beams": 2, "ctc_joint": 0.5}
-    (start / "trocr_tune.json").write_text(json.dumps(info))
-    common = [
-        "data.layout=manifest",
-        f"data.root={words}",
-        f"model.name_or_path={start}",
-        "train.max_steps=2",
-        "train.eval_steps=2",
-        "train.num_workers=0",
-    ]
+    start = _recording(tiny_run, tmp_path, decoding={"num_beams": 2, "ctc_joint": 0.5})
+    common = [*_fine_tune(words, start), "train.eval_steps=2"]
     inherited = train(load_config(None, [*common, f"train.output_dir={tmp_path / 'a'}"]))
     saved = json.loads((inherited.model_dir / "trocr_tune.json").read_text())
     assert saved["decoding"] == {"num_beams": 2, "ctc_joint": 0.5}
@@ -590,18 +599,9 @@ def test_fine_tuning_takes_the_recipe_its_checkpoint_recommends(
 ) -> None:
     """Keys the user leaves unset come from the checkpoint's `fine_tuning` (what the shipped base
     records); keys set on the command line or in the YAML win; the trained model carries it on."""
-    start = tmp_path / "start"
-    shutil.copytree(tiny_run / "model", start)
-    info = json.loads((start / "trocr_tune.json").read_text())
-    info["fine_tuning"] = {"train.learning_rate": 2e-3, "train.warmup_ratio": 0.25, "eval.num_beams": 2}
-    (start / "trocr_tune.json").write_text(json.dumps(info))
-    common = [
-        "data.layout=manifest",
-        f"data.root={words}",
-        f"model.name_or_path={start}",
-        "train.max_steps=2",
-        "train.num_workers=0",
-    ]
+    recommended = {"train.learning_rate": 2e-3, "train.warmup_ratio": 0.25, "eval.num_beams": 2}
+    start = _recording(tiny_run, tmp_path, fine_tuning=recommended)
+    common = _fine_tune(words, start)
     run = train(load_config(None, [*common, "train.warmup_ratio=0", f"train.output_dir={tmp_path / 'a'}"]))
     note = (
         f"fine-tuning as {start} recommends: train.learning_rate=0.002, eval.num_beams=2 "
@@ -614,10 +614,9 @@ def test_fine_tuning_takes_the_recipe_its_checkpoint_recommends(
     assert resolved.train.warmup_ratio == 0.0  # given on the command line
     assert run.metrics["train"]["learning_rate"] == 2e-3
     saved = json.loads((run.model_dir / "trocr_tune.json").read_text())
-    assert saved["fine_tuning"] == info["fine_tuning"]
+    assert saved["fine_tuning"] == recommended
     assert saved["decoding"] == {"num_beams": 2}
     # A recommendation that is not a model/train/eval key is refused with its source named.
-    info["fine_tuning"] = {"data.root": "elsewhere"}
-    (start / "trocr_tune.json").write_text(json.dumps(info))
+    start = _recording(tiny_run, tmp_path, fine_tuning={"data.root": "elsewhere"})
     with pytest.raises(UserError, match=r"recommends 'data\.root', which is not a model, train or eval key"):
         train(load_config(None, [*common, f"train.output_dir={tmp_path / 'b'}"]))
