@@ -620,3 +620,56 @@ def test_fine_tuning_takes_the_recipe_its_checkpoint_recommends(
     start = _recording(tiny_run, tmp_path, fine_tuning={"data.root": "elsewhere"})
     with pytest.raises(UserError, match=r"recommends 'data\.root', which is not a model, train or eval key"):
         train(load_config(None, [*common, f"train.output_dir={tmp_path / 'b'}"]))
+
+
+def test_validation_reads_a_fixed_sample_of_at_most_eval_max_lines(words: Path, tmp_path: Path) -> None:
+    """train.eval_max_lines: every evaluation and the final report read the same seeded sample, and
+    the run says how many of the validation lines that is."""
+    from trocr_tune.data.splits import validation_sample
+
+    cfg = load_config(
+        None,
+        [
+            "data.layout=manifest",
+            f"data.root={words}",
+            *TINY_MODEL,
+            "train.max_steps=4",
+            "train.eval_steps=2",
+            "train.learning_rate=3e-3",
+            "train.eval_max_lines=3",
+            f"train.output_dir={tmp_path / 'run'}",
+        ],
+    )
+    result = train(cfg)
+    everything = read_dataset(cfg.data).split("validation")
+    sample, note = validation_sample(everything, 3, cfg.data.seed)
+    assert len(everything) == 4 and len(sample) == 3 and note is not None
+    assert result.metrics["data"]["validation"] == 4 and result.metrics["data"]["validation_read"] == 3
+    assert note in result.metrics["notes"] and "3 of the 4 validation lines" in note
+    with (tmp_path / "run" / "predictions.csv").open() as fh:
+        assert [r["reference"] for r in csv.DictReader(fh)] == [s.text for s in sample]
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    logged = [r["eval_cer"] for r in history if "eval_cer" in r]
+    assert len(logged) >= 2
+    report = evaluate_bundle(load_bundle(result.model_dir), sample, cfg.eval)
+    assert result.metrics["eval"]["cer"] == pytest.approx(report.metrics.cer, abs=1e-9)
+    assert min(logged) == pytest.approx(
+        report.metrics.cer, abs=1e-9
+    )  # the best checkpoint, on the same lines
+
+
+def test_validation_sample_is_seeded_ordered_and_whole_when_small(words: Path) -> None:
+    from trocr_tune.data.splits import validation_sample
+
+    lines = read_dataset(load_config(None, ["data.layout=manifest", f"data.root={words}"]).data).split(
+        "train"
+    )
+    assert len(lines) == 12
+    first, note = validation_sample(lines, 5, seed=7)
+    assert validation_sample(lines, 5, seed=7)[0] == first and note
+    assert [lines.index(s) for s in first] == sorted(lines.index(s) for s in first)  # reading order kept
+    assert validation_sample(lines, 5, seed=8)[0] != first
+    assert validation_sample(lines, 12, seed=7) == (lines, None)
+    assert validation_sample(lines, None, seed=7) == (lines, None)
+    with pytest.raises(UserError, match="eval_max_lines"):
+        load_config(None, ["train.eval_max_lines=0"])

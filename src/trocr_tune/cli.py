@@ -429,7 +429,8 @@ def train_command(args: tuple[str, ...]) -> None:
     set), eval/ (full evaluation report), checkpoints/ and model/ (loadable by plain
     VisionEncoderDecoderModel.from_pretrained + TrOCRProcessor.from_pretrained; with
     train.char_lm_order > 0 it also holds char_lm.json for eval.lm_weight). The best
-    checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced).
+    checkpoint is the one with the LOWEST validation CER (generate-based, never teacher forced),
+    read on at most train.eval_max_lines (500) validation lines, a fixed seeded sample.
     train.resume=true continues from the last checkpoint; Ctrl-C saves one and stops.
     train.self_training_on=test|FOLDER then reads those lines without their texts, trains
     train.self_training_minutes more on its most confident readings and keeps the self-trained

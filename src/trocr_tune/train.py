@@ -40,6 +40,7 @@ from .curves import plot_curves
 from .data.dataset import LineDataset, collate
 from .data.reader import ReadResult, decode_check, read_dataset
 from .data.records import LineSample
+from .data.splits import validation_sample
 from .decoding import DecodeSettings
 from .decoding.charlm import CharNgramLM
 from .errors import UserError
@@ -381,7 +382,12 @@ def train(
     if probe_args.process_index == 0:  # how the data was split (and whether hands straddle splits)
         for note in result.log.notes:
             print(f"data: {note}", flush=True)
-    train_samples, eval_samples = result.split("train") + list(extra_train), result.split("validation")
+    train_samples = result.split("train") + list(extra_train)
+    eval_samples, sampled = validation_sample(
+        result.split("validation"), cfg.train.eval_max_lines, cfg.data.seed
+    )
+    if sampled and probe_args.process_index == 0:
+        print(f"data: {sampled}", flush=True)
     if not train_samples:
         raise UserError(
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
@@ -389,7 +395,7 @@ def train(
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
-    notes = recommended + _check_data(result, bundle, pretrained)
+    notes = recommended + ([sampled] if sampled else []) + _check_data(result, bundle, pretrained)
     # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
     # records what it was validated with, so predict/evaluate/serve read it that way by default.
     if taken := cfg.eval.taken_from(bundle.info.decoding):
@@ -482,7 +488,10 @@ def train(
             "precision": resolve_precision(cfg.train.precision),
             "interrupted": interrupt.requested,
         },
-        "data": {split: len(result.split(split)) for split in ("train", "validation", "test")},
+        "data": {
+            **{split: len(result.split(split)) for split in ("train", "validation", "test")},
+            "validation_read": len(eval_samples),
+        },
         **({"self_training_lines": len(extra_train)} if extra_train else {}),
         "dropped": dict(result.log.by_reason()),
         "notes": result.log.notes + notes,

@@ -131,3 +131,18 @@ def _note_shared_groups(samples: list[LineSample], log: DropLog) -> None:
                 f"training; data.group_by={key} keeps each {key} in one split"
             )
             return
+
+
+def validation_sample(
+    samples: list[LineSample], limit: int | None, seed: int
+) -> tuple[list[LineSample], str | None]:
+    """At most `limit` of the validation lines, a seeded sample kept in reading order, and the note that
+    says so; every line (and no note) when they are fewer or `limit` is None."""
+    if limit is None or len(samples) <= limit:
+        return samples, None
+    keep = sorted(random.Random(seed).sample(range(len(samples)), limit))
+    note = (
+        f"validation reads {limit:,} of the {len(samples):,} validation lines, a fixed sample drawn with "
+        f"data.seed={seed}, at every evaluation and in the final report (train.eval_max_lines=null reads all)"
+    )
+    return [samples[i] for i in keep], note
