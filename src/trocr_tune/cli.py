@@ -505,10 +505,11 @@ def evaluate_command(
     validated with), as predict, transcribe and serve do.
     CONFIG_HELP
     """
+    from .decoding.engine import ProgressPrinter
     from .evaluate import evaluate_model, print_report, write_report
 
     cfg = config_from_args(args)
-    report = evaluate_model(model_path, cfg, device, workers)
+    report = evaluate_model(model_path, cfg, device, workers, ProgressPrinter("evaluate", sys.stderr))
     print_report(report)
     if out:
         write_report(report, out, cfg)
@@ -625,6 +626,7 @@ def predict_command(
       torchrun --nproc_per_node 4 -m trocr_tune predict MODEL lines/ --out readings.csv
     """
     from .config import EvalConfig
+    from .decoding.engine import ProgressPrinter
     from .distributed import launched
     from .predict import collect_images, manifest_images, predict_images, write_predictions
     from .predict import shard as take_shard
@@ -634,7 +636,8 @@ def predict_command(
     given = given_decoding(decoding)
     cfg = EvalConfig(batch_size=batch_size, **given, given=frozenset(given))
     with launched() as ranks:
-        result = predict_images(model_path, images, cfg, device, workers, ranks)
+        progress = ProgressPrinter(f"{ranks.tag()}predict", sys.stderr)
+        result = predict_images(model_path, images, cfg, device, workers, ranks, progress)
     if not ranks.main:  # rank 0 reports and writes the merged output
         if not result.images:
             raise SystemExit(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,13 @@ def score_predictions(
     return EvalReport(metrics, results, seconds, len(samples) / seconds if seconds > 0 else 0.0, confusions)
 
 
-def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: int = 0) -> EvalReport:
+def evaluate_model(
+    model: str,
+    cfg: Config,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
     """Score `model` (a checkpoint or an `optimize` artifact) on cfg.data's cfg.data.split; the
     lines dropped when the split was read count as unscored."""
     from .data.reader import read_dataset
@@ -111,7 +117,9 @@ def evaluate_model(model: str, cfg: Config, device: str = "auto", num_workers: i
     # The model's recorded decoding fills the keys not given; cfg then says how it was read.
     cfg.eval, note = model_decoding(cfg.eval, bundle, runner)
     unscored = result.log.only(cfg.data.split)
-    report = evaluate_bundle(bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored)
+    report = evaluate_bundle(
+        bundle, samples, cfg.eval, device, num_workers, runner=runner, unscored=unscored, progress=progress
+    )
     # A score on hands the model may have trained on says so.
     shared = [n for n in result.log.notes if n.startswith(SPLIT_ONE_BY_ONE)]
     report.notes[:0] = ([note] if note else []) + shared
@@ -126,6 +134,7 @@ def evaluate_bundle(
     num_workers: int = 0,
     runner: Any = None,
     unscored: DropLog | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Transcribe `samples` (greedy or beam search, never teacher forcing) and score them.
 
@@ -154,7 +163,14 @@ def evaluate_bundle(
     if not coverage.ok:
         notes.append(f"the tokenizer cannot encode {coverage.describe()}: they always count as errors")
     predictions, seconds = transcribe(
-        bundle, [s.image for s in samples], cfg, pick_device(device), num_workers, budget, runner=runner
+        bundle,
+        [s.image for s in samples],
+        cfg,
+        pick_device(device),
+        num_workers,
+        budget,
+        progress=progress,
+        runner=runner,
     )
     report = score_predictions(samples, predictions, cfg, seconds)
     report.unscored, report.notes = unscored, notes

@@ -38,6 +38,7 @@ def predict_images(
     device: str = "auto",
     num_workers: int = 0,
     ranks: Ranks | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> PredictResult:
     """Check and transcribe `images` with `model` (a checkpoint or an `optimize` artifact).
 
@@ -54,7 +55,9 @@ def predict_images(
     if good:
         bundle, runner = load_runner(model, pick_device(ranks.device(device)))
         cfg, note = model_decoding(cfg, bundle, runner)
-        predictions, _ = transcribe(bundle, good, cfg, num_workers=num_workers, runner=runner)
+        predictions, _ = transcribe(
+            bundle, good, cfg, num_workers=num_workers, progress=progress, runner=runner
+        )
     result = PredictResult([], [], [], [note] if note else [])
     for part_good, part_predictions, part_bad in ranks.gather((good, predictions, bad)):
         result.images += part_good
