@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 from trocr_tune.config import load_config
 from trocr_tune.data.records import DropLog, LineSample
 from trocr_tune.data.splits import assign_splits, group_split, ratio_split
 from trocr_tune.data.text import EMPTY, OUTSIDE_ALPHABET, TOO_LONG, TextNormalizer
+from trocr_tune.errors import UserError
 
 
 def norm(*overrides: str) -> TextNormalizer:
@@ -100,3 +104,23 @@ def test_a_line_by_line_split_says_which_pages_straddle_splits() -> None:
     grouped = DropLog()
     assign_splits(_samples(200, groups=17), load_config(None, ["data.group_by=page"]).data, grouped)
     assert not any(n.startswith("lines were split one by one") for n in grouped.notes)
+
+
+@pytest.mark.parametrize(
+    ("layout", "key", "message"),
+    [
+        ("alto", "writer", "data.group_by=writer: the alto layout gives page, manuscript"),
+        ("kaggle-names", "page", "data.group_by=page: the kaggle-names layout gives no group key"),
+    ],
+)
+def test_group_by_a_key_the_layout_never_gives_fails_before_reading(
+    tmp_path: Path, layout: str, key: str, message: str
+) -> None:
+    """The layout's registry entry names its group keys, so the error comes before a long read and
+    says which keys would work."""
+    from trocr_tune.data.reader import read_dataset
+
+    cfg = load_config(None, [f"data.layout={layout}", f"data.root={tmp_path}", f"data.group_by={key}"])
+    with pytest.raises(UserError) as error:
+        read_dataset(cfg.data)
+    assert str(error.value) == message

@@ -126,7 +126,11 @@ def read_dataset(cfg: DataConfig, log: DropLog | None = None) -> ReadResult:
     """Read, clean and split a dataset as configured; nothing is decoded beyond image headers."""
     log = log if log is not None else DropLog()
     root = resolve_root(cfg)
-    reader = LAYOUTS[cfg.layout].reader()
+    layout = LAYOUTS[cfg.layout]
+    if cfg.group_by and cfg.group_by not in layout.groups:  # before a read that may take minutes
+        gives = f"gives {', '.join(layout.groups)}" if layout.groups else "gives no group key"
+        raise UserError(f"data.group_by={cfg.group_by}: the {cfg.layout} layout {gives}")
+    reader = layout.reader()
     samples = list(clean(reader(cfg, root, log), cfg, log))
     if not samples:
         raise UserError(f"no usable samples in {root} (layout {cfg.layout}); dropped: {_dropped(log)}")

@@ -39,6 +39,10 @@ def ratio_split(samples: list[LineSample], ratios: Sequence[float], seed: int) -
     return out
 
 
+# The keys a split can keep together, broadest first (as the shared-hands note looks for them).
+GROUP_KEYS = ("writer", "manuscript", "page")
+
+
 def group_split(
     samples: list[LineSample], key: str, ratios: Sequence[float], seed: int, log: DropLog
 ) -> list[LineSample]:
@@ -53,7 +57,8 @@ def group_split(
     for i, s in enumerate(samples):
         value = s.meta.get(key)
         if value is None:
-            hint = "set data.group_by to a key the layout provides"
+            given = sorted(k for k in s.meta if k in GROUP_KEYS and s.meta[k] is not None)
+            hint = f"this layout gives {', '.join(given)}" if given else "this layout gives no group key"
             raise UserError(f"data.group_by={key}: {s.source} has no '{key}' ({hint})")
         groups[value].append(i)
     names = sorted(groups)
@@ -118,7 +123,7 @@ SPLIT_ONE_BY_ONE = "lines were split one by one"
 def _note_shared_groups(samples: list[LineSample], log: DropLog) -> None:
     """Say when a line-by-line split put lines of one page (or writer, manuscript) in training and in
     validation or test: those figures then score hands the model trained on."""
-    for key in ("writer", "manuscript", "page"):
+    for key in GROUP_KEYS:
         splits: dict[str, set[str | None]] = defaultdict(set)
         for s in samples:
             if s.meta.get(key) is not None:
