@@ -53,8 +53,10 @@ def config_from_args(args: Sequence[str]) -> Config:
 def _layouts_help() -> str:
     from .data.layouts import LAYOUTS
 
-    return "\b\nLayouts (data.layout):\n" + "\n".join(
-        f"  {name:<15} {layout.summary}" for name, layout in LAYOUTS.items()
+    return "\b\nLayouts (data.layout), and the data.group_by keys each gives:\n" + "\n".join(
+        f"  {name:<15} {layout.summary}"
+        + (f" [group_by: {', '.join(layout.groups)}]" if layout.groups else "")
+        for name, layout in LAYOUTS.items()
     )
 
 
