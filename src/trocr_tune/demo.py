@@ -130,7 +130,7 @@ class Stages:
 
     def announce(self, name: str, detail: str = "") -> None:
         i = self.NAMES.index(name) + 1
-        clock = f"({self.elapsed_minutes():.1f}/{self.minutes:g} min)"
+        clock = f"({self.elapsed_minutes():.1f}/{round(self.minutes, 1):g} min)"
         print(
             f"[stage {i}/{len(self.NAMES)}] {name} {detail}  {clock}",
             file=self.stream,
@@ -291,7 +291,7 @@ def run_demo(settings: DemoSettings, overrides: list[str] | None = None) -> dict
         if settings.minutes < 5:
             compile_note = "not run in this budget"
         elif left < COMPILE_MIN_LEFT:
-            compile_note = f"not run: {left:.1f} of {settings.minutes:g} minutes left"
+            compile_note = f"not run: {left:.1f} of {round(settings.minutes, 1):g} minutes left"
         else:
             variants.append("compile-default")
         # benchmark skips them, saying why, without onnxruntime / openvino
