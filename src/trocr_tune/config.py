@@ -23,6 +23,8 @@ from .files import atomic_write_text
 GEOMETRIES = ("processor", "stretch", "line", "reference")
 
 SPLITS = ("train", "validation", "test")
+# What data.group_by keeps together, broadest first (the line-by-line split note looks for them so).
+GROUP_KEYS = ("writer", "manuscript", "page")
 NEW_CHARACTERS = ("union", "new", "fail")
 
 
@@ -96,7 +98,7 @@ class DataConfig:
         _one_of("data.check_images", self.check_images, ("none", "header", "decode"))
         _one_of("data.on_duplicate_page", self.on_duplicate_page, ("first", "error"))
         if self.group_by is not None:
-            _one_of("data.group_by", self.group_by, ("page", "manuscript", "writer"))
+            _one_of("data.group_by", self.group_by, GROUP_KEYS)
         for i, pair in enumerate(self.replacements):
             if len(pair) != 2:
                 raise UserError(f"data.replacements[{i}] must be a [from, to] pair, got {pair!r}")

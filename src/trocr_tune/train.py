@@ -379,15 +379,15 @@ def train(
             undecodable = decode_check(result, ("train", "validation"))
             if undecodable and probe_args.process_index == 0:
                 print(undecodable, file=sys.stderr, flush=True)
-    if probe_args.process_index == 0:  # how the data was split (and whether hands straddle splits)
-        for note in result.log.notes:
-            print(f"data: {note}", flush=True)
     train_samples = result.split("train") + list(extra_train)
     eval_samples, sampled = validation_sample(
         result.split("validation"), cfg.train.eval_max_lines, cfg.data.seed
     )
-    if sampled and probe_args.process_index == 0:
-        print(f"data: {sampled}", flush=True)
+    if sampled:
+        result.log.note(sampled)
+    if probe_args.process_index == 0:  # how the data was split (hands straddling splits, a sample)
+        for note in result.log.notes:
+            print(f"data: {note}", flush=True)
     if not train_samples:
         raise UserError(
             f"the training split is empty ({dict(result.counts())}); check data.split_ratios / partitions"
@@ -395,7 +395,7 @@ def train(
     bundle = build_for_training(cfg.model, [s.text for s in train_samples], [s.text for s in result.samples])
     if cfg.train.char_lm_order:
         bundle.char_lm = CharNgramLM.fit((s.text for s in train_samples), cfg.train.char_lm_order)
-    notes = recommended + ([sampled] if sampled else []) + _check_data(result, bundle, pretrained)
+    notes = recommended + _check_data(result, bundle, pretrained)
     # Validation reads as the checkpoint records (eval.* keys not given), and the trained model
     # records what it was validated with, so predict/evaluate/serve read it that way by default.
     if taken := cfg.eval.taken_from(bundle.info.decoding):

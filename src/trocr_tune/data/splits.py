@@ -6,7 +6,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 
-from ..config import SPLITS, DataConfig
+from ..config import GROUP_KEYS, SPLITS, DataConfig
 from ..errors import UserError
 from .records import DropLog, LineSample
 
@@ -37,10 +37,6 @@ def ratio_split(samples: list[LineSample], ratios: Sequence[float], seed: int) -
             out[i] = samples[i].with_(split=split)
         start += count
     return out
-
-
-# The keys a split can keep together, broadest first (as the shared-hands note looks for them).
-GROUP_KEYS = ("writer", "manuscript", "page")
 
 
 def group_split(
