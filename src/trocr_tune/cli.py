@@ -675,7 +675,7 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
 
 @cli.command("transcribe")
 @click.argument("model_path", metavar="MODEL")
-@click.argument("inputs", nargs=-1, required=True, metavar="XML|DIR... [KEY=VALUE]...")
+@click.argument("inputs", nargs=-1, required=True, metavar="XML|IMAGE|DIR... [KEY=VALUE]...")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -695,6 +695,12 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     "--in-place",
     is_flag=True,
     help="Overwrite the input XML files with the filled ones (instead of --out).",
+)
+@click.option(
+    "--segment",
+    is_flag=True,
+    help="Inputs are bare page images (files, or folders searched for images): find their lines "
+    "with the built-in segmenter and write each page as ALTO v4 (OUT/NAME.xml), txt or jsonl.",
 )
 @click.option(
     "--config",
@@ -736,6 +742,7 @@ def transcribe_command(
     out: Path | None,
     fmt: str | None,
     in_place: bool,
+    segment: bool,
     config_path: Path | None,
     line_types: str | None,
     crop_padding: int | None,
@@ -755,11 +762,13 @@ def transcribe_command(
     TextEquiv/Unicode with @conf (0-1); every ID, other attribute and namespace is kept. A page
     without its image, or a line outside it, is skipped and reported; exit code 2 when nothing
     could be read. KEY=VALUE sets eval.*, optimize.* and data.line_types / crop_padding /
-    polygon_mask / cache_dir / xml_glob. See docs/transcribe.md.
+    polygon_mask / cache_dir / xml_glob. Bare page scans: --segment finds their lines with a
+    built-in projection-profile segmenter (no model) and writes ALTO. See docs/transcribe.md.
 
     \b
     Example:
       trocr-tune transcribe RUN/model pages/ --out filled/ data.xml_glob='**/*.alto.xml'
+      trocr-tune transcribe RUN/model scans/ --segment --out filled/
     On several processes or GPUs (each reads and writes its slice of the pages; the JSONL and
     the report are merged in input order on rank 0):
       torchrun --nproc_per_node 4 -m trocr_tune transcribe RUN/model pages/ --out filled/
@@ -792,7 +801,7 @@ def transcribe_command(
             model_path,
             files,
             cfg,
-            TranscribeOptions(out, fmt, in_place, workers),
+            TranscribeOptions(out, fmt, in_place, workers, segment),
             device,
             progress=lambda message: click.echo(message, err=True),
             ranks=ranks,

@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 
 from .config import Config, DataConfig
-from .data.crops import Crop, CropCache
+from .data.crops import PAGE_IMAGE_UNREADABLE, Crop, CropCache
+from .data.images import ImageProblem, decoded, open_image, to_rgb
 from .data.layouts.xml_pages import (
+    IMAGE_EXTENSIONS,
     NO_GEOMETRY,
     NO_PAGE_IMAGE,
     PageLine,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
     from .decoding import Prediction
 
 FORMATS = ("alto", "page", "txt", "jsonl")
+SCAN = "scan"  # a planned input that is a page image, segmented before it is read
+NO_LINES_FOUND = "page image where the segmenter found no text line"
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
 PAGE_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/"  # + 2013-07-15, 2019-07-15
 JSONL_NAME = "transcriptions.jsonl"
@@ -70,6 +74,7 @@ class TranscribeOptions:
     fmt: str | None = None  # alto / page / txt / jsonl; None = each document in its own format
     in_place: bool = False  # overwrite the input XML files (alto / page output only)
     num_workers: int = 0  # DataLoader workers that decode the line crops
+    segment: bool = False  # inputs are bare page images: find their lines (segment.py), write ALTO
 
 
 @dataclass
@@ -85,7 +90,8 @@ class LineReading:
 
 @dataclass
 class TranscribeReport:
-    files: int = 0  # ALTO/PAGE files found
+    files: int = 0  # ALTO/PAGE files (or, segmenting, page images) found
+    segmented: bool = False  # the inputs were page images cut into lines by segment.py
     pages: int = 0  # documents written
     lines: int = 0  # lines read by the model
     untouched: int = 0  # lines left as they were: their type is not in data.line_types
@@ -99,7 +105,8 @@ class TranscribeReport:
         """The closing lines the command prints."""
         rows = [
             *self.notes,
-            f"{self.pages} pages of {self.files} ALTO/PAGE files, {self.lines} lines read "
+            f"{self.pages} pages of {self.files} {'page images' if self.segmented else 'ALTO/PAGE files'}, "
+            f"{self.lines} lines {'found and ' if self.segmented else ''}read "
             f"in {self.seconds:.1f} s; {self.log.total()} lines skipped",
         ]
         if self.untouched:
@@ -334,21 +341,40 @@ def fill_line(doc: Document, line: PageLine, text: str, confidence: float) -> No
     (fill_alto_line if doc.kind == "alto" else fill_page_line)(line.node, text, confidence)
 
 
-def find_xml_files(inputs: Sequence[str | Path], glob: str = "**/*.xml") -> list[tuple[Path, Path]]:
-    """(XML file, folder its output path is relative to) for files and folders (searched with `glob`)."""
+def find_xml_files(
+    inputs: Sequence[str | Path], glob: str = "**/*.xml", segment: bool = False
+) -> list[tuple[Path, Path]]:
+    """(XML file, folder its output path is relative to) for files and folders (searched with `glob`);
+    with `segment`, page images instead (folders searched for every image extension)."""
     found: list[tuple[Path, Path]] = []
     for item in inputs:
         path = Path(os.path.expanduser(str(item)))
         if path.is_dir():
-            files = sorted(p for p in path.glob(glob) if p.is_file())
-            if not files:
-                raise UserError(f"{path}: no XML files match {glob!r} in this folder (set data.xml_glob)")
+            if segment:
+                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+                if not files:
+                    raise UserError(f"{path}: no page images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            else:
+                files = sorted(p for p in path.glob(glob) if p.is_file())
+                if not files:
+                    raise UserError(f"{path}: no XML files match {glob!r} in this folder (set data.xml_glob)")
             found += [(p, path) for p in files]
         elif path.is_file():
+            if segment and not is_image(path):
+                raise UserError(f"{path}: --segment reads page images ({', '.join(IMAGE_EXTENSIONS)})")
+            if not segment and is_image(path):
+                raise UserError(
+                    f"{path} is an image: pass --segment to find its lines with the built-in segmenter, "
+                    f"or give the ALTO/PAGE file that holds its lines"
+                )
             found.append((path, path.parent))
         else:
             raise UserError(f"not found: {path}")
     return found
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _output_path(xml: Path, base: Path, options: TranscribeOptions) -> Path | None:
@@ -359,7 +385,9 @@ def _output_path(xml: Path, base: Path, options: TranscribeOptions) -> Path | No
     if fmt == "jsonl":
         return None
     rel = xml.relative_to(base)
-    return options.out / (rel.with_suffix(".txt") if fmt == "txt" else rel)
+    if fmt == "txt":
+        return options.out / rel.with_suffix(".txt")
+    return options.out / (rel.with_suffix(".xml") if options.segment else rel)
 
 
 def _check_options(options: TranscribeOptions) -> None:
@@ -371,6 +399,10 @@ def _check_options(options: TranscribeOptions) -> None:
         raise UserError(f"--in-place rewrites the ALTO/PAGE files; --format {options.fmt} needs --out DIR")
     if not options.in_place and options.out is None:
         raise UserError("give --out DIR for the transcribed files (or --in-place to overwrite the inputs)")
+    if options.segment and options.in_place:
+        raise UserError("--segment writes new ALTO files: give --out DIR instead of --in-place")
+    if options.segment and options.fmt == "page":
+        raise UserError("--segment writes ALTO: choose --format alto, txt or jsonl")
 
 
 def _region_ranks(root: Any) -> dict[str, int]:
@@ -427,11 +459,11 @@ def _plan(
     planned: list[tuple[Path, Path, str, Path | None]] = []
     targets: dict[Path, Path] = {}
     for xml, base in files:
-        kind = xml_kind(xml)
+        kind = SCAN if options.segment else xml_kind(xml)
         if kind is None:
             report.ignored.append(str(xml))
             continue
-        if options.fmt in ("alto", "page") and kind != options.fmt:
+        if options.fmt in ("alto", "page") and kind not in (options.fmt, SCAN):
             raise UserError(
                 f"{xml} is {kind.upper()} XML: --format {options.fmt} cannot convert between ALTO "
                 f"and PAGE (leave --format out to keep each file's own format)"
@@ -448,6 +480,7 @@ def _plan(
             targets[target] = xml
         planned.append((xml, base, kind, output))
     report.files = len(planned)
+    report.segmented = options.segment
     return planned
 
 
@@ -461,6 +494,12 @@ def _pages(
     cache = CropCache(data.cache_dir, data.crop_padding, data.polygon_mask)
     for xml, _, kind, output in planned:
         rel = str(xml)
+        if kind == SCAN:
+            scanned = _segmented(xml, report.log)
+            if scanned is not None:
+                lines, untouched = page_lines(scanned, xml, data, cache, report.log, rel)
+                yield _Pending(scanned, rel, output, lines)
+            continue
         try:
             doc = read_document(xml, kind)
         except etree.XMLSyntaxError as exc:
@@ -479,6 +518,25 @@ def _pages(
         lines, untouched = page_lines(doc, image, data, cache, report.log, rel)
         report.untouched += untouched
         yield _Pending(doc, rel, output, lines)
+
+
+def _segmented(image: Path, log: DropLog) -> Document | None:
+    """The page image's lines as found by segment.py, as an ALTO document; None (logged) when
+    the image is unreadable or holds no line."""
+    from .segment import alto_for, segment_page
+
+    try:  # opened as the crops are (no EXIF rotation), so that the boxes fit them
+        with open_image(image) as opened:
+            picture = to_rgb(decoded(opened))
+    except ImageProblem as problem:
+        log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", str(image))
+        return None
+    lines = segment_page(picture)
+    if not lines:
+        log.drop(NO_LINES_FOUND, str(image))
+        return None
+    raw = alto_for(image.name, picture.size, lines)
+    return parse_document(raw, "alto", image.with_suffix(".xml"))
 
 
 def page_lines(
@@ -536,7 +594,7 @@ def transcribe_files(
     _check_options(options)
     start = time.perf_counter()
     report = TranscribeReport()
-    planned = ranks.part(_plan(find_xml_files(inputs, cfg.data.xml_glob), options, report))
+    planned = ranks.part(_plan(find_xml_files(inputs, cfg.data.xml_glob, options.segment), options, report))
     readings: list[LineReading] = []
 
     def flush(batch: list[_Pending]) -> None:
@@ -618,7 +676,7 @@ def transcribe_pages(
 
     ranks = ranks or Ranks()
     _check_options(options)
-    find_xml_files(inputs, cfg.data.xml_glob)  # a wrong path fails before the model loads
+    find_xml_files(inputs, cfg.data.xml_glob, options.segment)  # a wrong path fails before the model loads
     bundle, runner = load_runner(model, pick_device(ranks.device(device)), cfg.optimize)
     eval_cfg, note = model_decoding(cfg.eval, bundle, runner)
     report = transcribe_files(bundle, runner, inputs, replace(cfg, eval=eval_cfg), options, progress, ranks)

@@ -1,0 +1,310 @@
+"""Text lines of a bare page scan, for pages that no segmenter has cut into lines.
+
+A classical projection-profile segmenter (no model, no download): the page's light is flattened,
+ink is thresholded, ruled and border lines are removed, the page is split into text columns at
+wide blank gutters, and in each column the dominant skew is found and the ink's row profile is
+cut into lines at its valleys. Each line keeps the parallelogram of its band, cut at wide blank
+gaps, as polygon. Measured against the shared pages' hand-drawn lines in docs/transcribe.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import cv2
+import numpy as np
+from lxml import etree
+from PIL import Image
+
+from . import __version__
+
+Point = tuple[float, float]
+
+WORK_SIZE = 1600  # longest side (px) the page is analysed at; lines are mapped back
+SKEW_DEGREES = 4.0  # skew searched in [-SKEW, +SKEW] per column
+SKEW_STEP = 0.25
+GUTTER_INK = 0.25  # a column gap holds under this share of a text column's ink (x profile)
+GAP_PITCHES = 1.5  # a blank wider than this many line pitches splits a line (margin notes, fields)
+
+
+@dataclass(frozen=True)
+class SegmentedLine:
+    """A found line: polygon (page pixels), its box (x0, y0, x1, y1) and baseline."""
+
+    polygon: tuple[Point, ...]
+    box: tuple[float, float, float, float]
+    baseline: tuple[Point, Point]
+    column: int = 0  # text column, left to right
+
+
+def _ink(gray: np.ndarray) -> np.ndarray:
+    """Ink mask (bool) with the light flattened: the page divided by its blurred background."""
+    k = max(15, (min(gray.shape) // 40) | 1)
+    background = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
+    background = cv2.GaussianBlur(background, (0, 0), k / 2)
+    flat = np.clip(gray.astype(np.float32) / np.maximum(background, 1) * 255, 0, 255).astype(np.uint8)
+    threshold, _ = cv2.threshold(flat, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    # Otsu on a near-white page can settle in the paper's noise: ink is clearly darker than paper.
+    mask = flat < min(threshold, 200)
+    return mask
+
+
+def _remove_rules(mask: np.ndarray) -> np.ndarray:
+    """Ruled lines, form lines and page borders: long thin horizontal or vertical runs."""
+    h, w = mask.shape
+    m = mask.astype(np.uint8)
+    horizontal = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((1, max(20, w // 12)), np.uint8))
+    vertical = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((max(20, h // 12), 1), np.uint8))
+    rules = cv2.dilate(np.maximum(horizontal, vertical), np.ones((3, 3), np.uint8))
+    return mask & ~rules.astype(bool)
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    """Drop specks and blobs far larger than writing (stamps, bleed, dark page edges)."""
+    h, w = mask.shape
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    area, height, width = (
+        stats[:, cv2.CC_STAT_AREA],
+        stats[:, cv2.CC_STAT_HEIGHT],
+        stats[:, cv2.CC_STAT_WIDTH],
+    )
+    fill = area / np.maximum(height * width, 1)
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    # Ink touching the image's edge is the scan's border or the next page, not writing.
+    edge = (left <= 1) | (top <= 1) | (left + width >= w - 1) | (top + height >= h - 1)
+    keep = (area >= max(4, (h * w) // 400_000)) & (height < h * 0.15) & ~((fill > 0.6) & (area > 400)) & ~edge
+    keep[0] = False
+    return keep[labels]
+
+
+def _drop_tall(mask: np.ndarray, pitch: int) -> np.ndarray:
+    """Without tall thin strokes that no single line holds: vertical writing in the margin,
+    pen lines down the page."""
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    height, width = stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_WIDTH]
+    tall = (height > 1.2 * pitch) & (height > 1.5 * width)
+    tall[0] = False
+    return mask & ~tall[labels]
+
+
+def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+    radius = max(1, int(3 * sigma))
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (x / max(sigma, 0.5)) ** 2)
+    return np.convolve(values, kernel / kernel.sum(), mode="same")
+
+
+def _line_pitch(profile: np.ndarray, lo: int = 12, hi: int = 200) -> int:
+    """Distance between text lines: the first strong peak of the row profile's autocorrelation."""
+    p = profile - profile.mean()
+    if len(p) < 2 * lo or not p.any():
+        return lo * 2
+    corr = np.correlate(p, p, mode="full")[len(p) - 1 :]
+    corr = corr / max(corr[0], 1e-9)
+    hi = min(hi, len(p) // 2)
+    if hi <= lo:
+        return lo * 2
+    window = corr[lo:hi]
+    peaks = [
+        i for i in range(1, len(window) - 1) if window[i] >= window[i - 1] and window[i] >= window[i + 1]
+    ]
+    if not peaks:
+        return int(lo + np.argmax(window))
+    best = max(window[i] for i in peaks)
+    if best <= 0:
+        return lo * 2
+    first = next(i for i in peaks if window[i] >= 0.6 * best)
+    return lo + first
+
+
+def _columns(mask: np.ndarray, pitch: int) -> list[tuple[int, int]]:
+    """The page cut into text columns at gutters: stretches at least a line pitch wide where
+    the ink is under GUTTER_INK of a text column's (a margin note there stays its own column)."""
+    cols = _smooth(mask.sum(axis=0).astype(np.float32), pitch / 4)
+    inked = cols[cols > 0]
+    if not len(inked):
+        return [(0, mask.shape[1])]
+    low = cols < GUTTER_INK * float(np.percentile(inked, 90))
+    cuts, start = [], None
+    for x, blank in enumerate(np.append(low, False)):
+        if blank and start is None:
+            start = x
+        elif not blank and start is not None:
+            if x - start >= pitch and start > 0 and x < len(cols):  # inner gutters, not the margins
+                cuts.append(start + int(np.argmin(cols[start:x])))
+            start = None
+    edges = [0, *cuts, mask.shape[1]]
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _skew(ys: np.ndarray, xs: np.ndarray, height: int) -> float:
+    """Angle (radians) whose sheared row profile is sharpest (sum of squares)."""
+    best, best_score = 0.0, -1.0
+    for degrees in np.arange(-SKEW_DEGREES, SKEW_DEGREES + 1e-9, SKEW_STEP):
+        t = math.tan(math.radians(degrees))
+        rows = np.round(ys - xs * t).astype(np.int64)
+        rows = rows[(rows >= 0) & (rows < height)]
+        hist = np.bincount(rows, minlength=height).astype(np.float64)
+        score = float((hist**2).sum())
+        if score > best_score:
+            best, best_score = math.atan(t), score
+    return best
+
+
+def _bands(profile: np.ndarray, pitch: int) -> list[tuple[int, int, int]]:
+    """(top, peak, bottom) rows of each text line in a sheared row profile."""
+    smooth = _smooth(profile, max(1.0, pitch / 6))
+    if smooth.max() <= 0:
+        return []
+    floor = smooth.max() * 0.08
+    peaks: list[int] = []
+    half = max(2, int(pitch * 0.55))
+    for y in range(1, len(smooth) - 1):
+        if smooth[y] < floor or smooth[y] < smooth[y - 1] or smooth[y] < smooth[y + 1]:
+            continue
+        lo, hi = max(0, y - half), min(len(smooth), y + half + 1)
+        if smooth[y] >= smooth[lo:hi].max() and (not peaks or y - peaks[-1] >= half):
+            peaks.append(y)
+    bands = []
+    for i, peak in enumerate(peaks):
+        top = peaks[i - 1] + int(np.argmin(smooth[peaks[i - 1] : peak])) if i else max(0, peak - pitch)
+        bottom = (
+            peak + int(np.argmin(smooth[peak : peaks[i + 1]]))
+            if i + 1 < len(peaks)
+            else min(len(smooth) - 1, peak + pitch)
+        )
+        # Trim the band's blank margin where it is far from the neighbour line.
+        limit = smooth[peak] * 0.05
+        while top < peak and smooth[top] < limit:
+            top += 1
+        while bottom > peak and smooth[bottom] < limit:
+            bottom -= 1
+        bands.append((top, peak, bottom))
+    return bands
+
+
+def _runs(inked: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """Inked x ranges of a line, split at blank gaps wider than `gap`."""
+    xs = np.flatnonzero(inked)
+    if not len(xs):
+        return []
+    splits = np.flatnonzero(np.diff(xs) > gap)
+    starts = np.concatenate(([xs[0]], xs[splits + 1]))
+    ends = np.concatenate((xs[splits], [xs[-1]])) + 1
+    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+
+
+def segment_page(image: Image.Image) -> list[SegmentedLine]:
+    """Text lines of a page image in reading order (columns left to right, lines top to bottom)."""
+    gray_full = np.asarray(image.convert("L"))
+    scale = min(1.0, WORK_SIZE / max(gray_full.shape))
+    gray = (
+        cv2.resize(gray_full, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        if scale < 1
+        else gray_full
+    )
+    mask = _clean(_remove_rules(_ink(gray)))
+    h = mask.shape[0]
+    pitch = _line_pitch(mask.sum(axis=1).astype(np.float32))
+    mask = _drop_tall(mask, pitch)
+    lines: list[SegmentedLine] = []
+    for index, (x0, x1) in enumerate(_columns(mask, pitch)):
+        column = mask[:, x0:x1]
+        ys, xs = np.nonzero(column)
+        if len(ys) < 20:
+            continue
+        angle = _skew(ys.astype(np.float64), xs.astype(np.float64), h)
+        t = math.tan(angle)
+        rows = np.round(ys - xs * t).astype(np.int64)
+        offset = int(max(0, -rows.min()))
+        rows += offset
+        profile = np.bincount(rows, minlength=h + offset + 1).astype(np.float32)
+        col_pitch = _line_pitch(profile)
+        for top, _peak, bottom in _bands(profile, col_pitch):
+            inside = (rows >= top) & (rows <= bottom)
+            if inside.sum() < col_pitch:  # a few specks, not writing
+                continue
+            inked = np.zeros(x1 - x0, bool)
+            inked[xs[inside]] = True
+            for a, b in _runs(inked, gap=int(col_pitch * GAP_PITCHES)):
+                if b - a < col_pitch * 0.6:
+                    continue
+                found = _line(a + x0, b + x0, top - offset, bottom - offset, t, x0, scale, gray_full.shape)
+                lines.append(replace(found, column=index))
+    return lines
+
+
+def _line(
+    a: int, b: int, top: int, bottom: int, t: float, x0: int, scale: float, shape: tuple[int, ...]
+) -> SegmentedLine:
+    """The band [top, bottom] (sheared rows) between columns a and b, in page pixels."""
+    height, width = shape[0], shape[1]
+
+    def point(x: float, row: float) -> Point:
+        y = row + (x - x0) * t
+        return (min(max(x / scale, 0.0), width - 1.0), min(max(y / scale, 0.0), height - 1.0))
+
+    polygon = (point(a, top), point(b, top), point(b, bottom), point(a, bottom))
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    base = top + 0.8 * (bottom - top)
+    return SegmentedLine(polygon, (min(xs), min(ys), max(xs), max(ys)), (point(a, base), point(b, base)))
+
+
+def _points(points: Sequence[Point]) -> str:
+    return " ".join(f"{round(x)} {round(y)}" for x, y in points)
+
+
+def alto_for(image_name: str, size: tuple[int, int], lines: Sequence[SegmentedLine]) -> bytes:
+    """An ALTO v4 document of the found lines (a TextBlock per column, empty Strings), naming
+    the page image `image_name` as eScriptorium exports do."""
+    ns = "http://www.loc.gov/standards/alto/ns-v4#"
+    root = etree.Element(f"{{{ns}}}alto", nsmap={None: ns})
+
+    def sub(parent: Any, name: str, **attributes: str) -> Any:
+        return etree.SubElement(parent, f"{{{ns}}}{name}", {k: v for k, v in attributes.items()})
+
+    description = sub(root, "Description")
+    sub(description, "MeasurementUnit").text = "pixel"
+    sub(sub(description, "sourceImageInformation"), "fileName").text = image_name
+    step = sub(sub(description, "OCRProcessing", ID="OCR_0"), "ocrProcessingStep")
+    software = sub(step, "processingSoftware")
+    sub(software, "softwareName").text = "trocr-tune"
+    sub(software, "softwareVersion").text = __version__
+    width, height = size
+    page = sub(
+        sub(root, "Layout"), "Page", ID="page_1", PHYSICAL_IMG_NR="1", WIDTH=str(width), HEIGHT=str(height)
+    )
+    space = sub(page, "PrintSpace", HPOS="0", VPOS="0", WIDTH=str(width), HEIGHT=str(height))
+    columns: dict[int, list[SegmentedLine]] = {}
+    for line in lines:
+        columns.setdefault(line.column, []).append(line)
+    number = 0
+    for column, members in sorted(columns.items()):
+        x0 = min(ln.box[0] for ln in members)
+        y0 = min(ln.box[1] for ln in members)
+        x1 = max(ln.box[2] for ln in members)
+        y1 = max(ln.box[3] for ln in members)
+        block = sub(space, "TextBlock", ID=f"block_{column + 1}", **_box(x0, y0, x1, y1))
+        for line in members:
+            number += 1
+            element = sub(
+                block, "TextLine", ID=f"line_{number}", BASELINE=_points(line.baseline), **_box(*line.box)
+            )
+            sub(sub(element, "Shape"), "Polygon", POINTS=_points(line.polygon))
+            sub(element, "String", CONTENT="", **_box(*line.box))
+    etree.indent(root, space="  ")
+    return bytes(etree.tostring(root, encoding="UTF-8", xml_declaration=True)) + b"\n"
+
+
+def _box(x0: float, y0: float, x1: float, y1: float) -> dict[str, str]:
+    left, top = math.floor(x0), math.floor(y0)
+    return {
+        "HPOS": str(left),
+        "VPOS": str(top),
+        "WIDTH": str(max(1, math.ceil(x1) - left)),
+        "HEIGHT": str(max(1, math.ceil(y1) - top)),
+    }
