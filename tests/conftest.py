@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -33,6 +33,42 @@ def line_image(path: Path, text: str, size: tuple[int, int] | None = None, mode:
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
     return path
+
+
+PAGE_WORDS = (
+    "the quick brown fox",
+    "jumps over a lazy dog",
+    "pack my box with",
+    "five dozen liquor jugs",
+    "sphinx",
+)
+
+
+def scanned_page(
+    path: Path, columns: int = 2, rotate: float = 0.0
+) -> list[list[tuple[float, float, float, float]]]:
+    """A grey page with ruled lines, a dark scan border and `columns` columns of five text lines;
+    returns each column's text boxes (before rotation)."""
+    width, pitch = 420 * columns + 80, 56
+    im = Image.new("L", (width, 480), 214)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default(size=26)
+    for y in range(70, 470, pitch):  # ruled paper, across the whole page
+        draw.line([(0, y + 34), (width, y + 34)], fill=150, width=2)
+    draw.rectangle([0, 0, 6, 479], fill=20)  # the scanner lid's edge
+    boxes: list[list[tuple[float, float, float, float]]] = []
+    for c in range(columns):
+        column = []
+        for i, text in enumerate(PAGE_WORDS):
+            x, y = 40 + c * 420, 70 + i * pitch
+            draw.text((x, y), text, fill=35, font=font)
+            column.append(tuple(float(v) for v in draw.textbbox((x, y), text, font=font)))
+        boxes.append(column)
+    if rotate:
+        im = im.rotate(rotate, resample=Image.Resampling.BICUBIC, fillcolor=214)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return boxes  # type: ignore[return-value]
 
 
 def corrupt_image(path: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from trocr_tune.config import load_config
 from trocr_tune.data.layouts.xml_pages import parse_alto
@@ -16,7 +16,7 @@ from trocr_tune.errors import UserError
 from trocr_tune.pages import JSONL_NAME, NO_LINES_FOUND, TranscribeOptions, transcribe_files
 from trocr_tune.segment import alto_for, segment_page
 
-from conftest import SHARED_DATA, corrupt_image, run_cli
+from conftest import SHARED_DATA, corrupt_image, run_cli, scanned_page
 
 MODEL = "trocr-tune/base-htr"
 SCHEMAS = Path(__file__).parent / "data" / "schemas"
@@ -28,31 +28,6 @@ WORDS = (
     "sphinx",
 )
 Box = tuple[float, float, float, float]
-
-
-def scanned_page(path: Path, columns: int = 2, rotate: float = 0.0) -> list[list[Box]]:
-    """A grey page with ruled lines, a dark scan border and `columns` columns of five text lines;
-    returns each column's text boxes (before rotation)."""
-    width, pitch = 420 * columns + 80, 56
-    im = Image.new("L", (width, 480), 214)
-    draw = ImageDraw.Draw(im)
-    font = ImageFont.load_default(size=26)
-    for y in range(70, 470, pitch):  # ruled paper, across the whole page
-        draw.line([(0, y + 34), (width, y + 34)], fill=150, width=2)
-    draw.rectangle([0, 0, 6, 479], fill=20)  # the scanner lid's edge
-    boxes: list[list[Box]] = []
-    for c in range(columns):
-        column = []
-        for i, text in enumerate(WORDS):
-            x, y = 40 + c * 420, 70 + i * pitch
-            draw.text((x, y), text, fill=35, font=font)
-            column.append(tuple(float(v) for v in draw.textbbox((x, y), text, font=font)))
-        boxes.append(column)
-    if rotate:
-        im = im.rotate(rotate, resample=Image.Resampling.BICUBIC, fillcolor=214)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return boxes  # type: ignore[return-value]
 
 
 def iou(a: Box, b: Box) -> float:

@@ -33,7 +33,7 @@ from trocr_tune.decoding import Prediction
 from trocr_tune.serve import API_KEY_ENV, ServeSettings, model_decoder
 from trocr_tune.serve.app import create_app
 
-from conftest import line_image
+from conftest import line_image, scanned_page
 from serving import ALTO, PAGE, Server, by_width, call, multipart, page_image, readings
 
 MODEL = "trocr-tune/base-htr"  # the shipped 0.9M-parameter base: real decoding, fast on CPU
@@ -359,6 +359,45 @@ def test_pages_filled_as_transcribe_fills_them(
         assert confidence == pytest.approx(want[key][1], abs=2e-4)
     ids = [e.get("ID") or e.get("id") for e in got.iter() if e.get("ID") or e.get("id")]
     assert ids == [e.get("ID") or e.get("id") for e in expected.iter() if e.get("ID") or e.get("id")]
+
+
+def test_bare_page_scan_is_segmented_as_transcribe_segment_does(
+    cfg: Config, decoder: Any, tmp_path: Path
+) -> None:
+    scanned_page(tmp_path / "in" / "letter.png")
+    result = CliRunner().invoke(
+        cli,
+        ["transcribe", MODEL, str(tmp_path / "in"), "--segment", "--out", str(tmp_path / "out"),
+         "--device", "cpu", f"data.cache_dir={tmp_path / 'cache'}"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    expected = (tmp_path / "out" / "letter.xml").read_bytes()
+
+    with Server(app_for(cfg, decoder)) as server:
+        server.wait_ready()
+        body, head = multipart([("image", "letter.png", (tmp_path / "in" / "letter.png").read_bytes())])
+        status, headers, raw = call(server.url + "/v1/pages", body, head)
+        blank = Image.new("L", (300, 400), 220)
+        blank.save(tmp_path / "blank.png")
+        body, head = multipart([("image", "blank.png", (tmp_path / "blank.png").read_bytes())])
+        empty_status, _, empty = call(server.url + "/v1/pages", body, head)
+    assert status == 200, raw
+    assert (headers["x-segmented"], headers["x-lines-read"], headers["x-lines-skipped"]) == (
+        "true",
+        "10",
+        "0",
+    )
+    # The same lines, boxes, IDs and readings as the command writes.
+    got, want = etree.fromstring(raw), etree.fromstring(expected)
+
+    def layout(root: Any) -> list[tuple[str, dict[str, str]]]:
+        return [(str(e.tag), {k: v for k, v in e.attrib.items() if k != "WC"}) for e in root.iter()]
+
+    assert layout(got) == layout(want)
+    assert len(readings(got)) == 10
+    for key, (text, confidence) in readings(got).items():
+        assert text and confidence == pytest.approx(readings(want)[key][1], abs=2e-4)
+    assert empty_status == 422 and b"found no text line" in empty
 
 
 def test_metrics_are_prometheus_text(cfg: Config, decoder: Any) -> None:

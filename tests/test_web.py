@@ -27,7 +27,7 @@ from trocr_tune.config import Config, load_config
 from trocr_tune.serve import ServeSettings, model_decoder
 from trocr_tune.serve.app import create_app
 
-from conftest import line_image
+from conftest import line_image, scanned_page
 from serving import ALTO, PAGE, Server, call, multipart, page_image, readings
 
 MODEL = "trocr-tune/base-htr"
@@ -162,4 +162,38 @@ def test_page_and_xml_filled_and_downloaded(
         link.get_attribute("href"),
     )
     assert downloaded.encode("utf-8") == served  # the file offered is the service's filled XML
+    assert _severe_console(browser) == []
+
+
+def test_whole_page_image_segmented_and_downloaded(browser: Any, server: Server, tmp_path: Path) -> None:
+    image = tmp_path / "letter.png"
+    scanned_page(image)
+    body, head = multipart([("image", image.name, image.read_bytes())])
+    status, _, served = call(server.url + "/v1/pages", body, {**head, "X-API-Key": KEY})
+    assert status == 200
+    want = readings(etree.fromstring(served))
+    assert len(want) == 10
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "key").send_keys(KEY)
+    browser.find_element(By.ID, "whole").click()
+    _read(browser, [image])
+    assert browser.find_element(By.ID, "status").text == "10 line(s) read: letter.xml is ready."
+    rows = {r["id"]: r for r in _rows(browser)}
+    assert set(rows) == set(want)
+    for line_id, (text, confidence) in want.items():
+        assert rows[line_id]["text"] == text
+        assert rows[line_id]["confidence"] == pytest.approx(confidence, abs=0.005)
+        assert rows[line_id]["thumbnail"]
+    link = browser.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("download") == "letter.xml"
+    downloaded = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));",
+        link.get_attribute("href"),
+    )
+    assert downloaded.encode("utf-8") == served
+    # Two images with "Whole page" ticked: one page at a time, said before anything is sent.
+    _read(browser, [image, image])
+    assert browser.find_element(By.ID, "status").text == "For a whole page, choose exactly one page image."
     assert _severe_console(browser) == []

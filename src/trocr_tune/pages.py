@@ -520,22 +520,27 @@ def _pages(
         yield _Pending(doc, rel, output, lines)
 
 
-def _segmented(image: Path, log: DropLog) -> Document | None:
-    """The page image's lines as found by segment.py, as an ALTO document; None (logged) when
-    the image is unreadable or holds no line."""
+def scan_alto(image: Path, image_name: str | None = None) -> bytes | None:
+    """ALTO v4 of the lines segment.py finds on a page image, naming it `image_name` (default the
+    file's name); None when it finds no line. Raises ImageProblem for an unreadable image."""
     from .segment import alto_for, segment_page
 
-    try:  # opened as the crops are (no EXIF rotation), so that the boxes fit them
-        with open_image(image) as opened:
-            picture = to_rgb(decoded(opened))
+    with open_image(image) as opened:  # opened as the crops are (no EXIF rotation): the boxes fit them
+        picture = to_rgb(decoded(opened))
+    lines = segment_page(picture)
+    return alto_for(image_name or image.name, picture.size, lines) if lines else None
+
+
+def _segmented(image: Path, log: DropLog) -> Document | None:
+    """The page image's lines as an ALTO document; None (logged) when unreadable or blank."""
+    try:
+        raw = scan_alto(image)
     except ImageProblem as problem:
         log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", str(image))
         return None
-    lines = segment_page(picture)
-    if not lines:
+    if raw is None:
         log.drop(NO_LINES_FOUND, str(image))
         return None
-    raw = alto_for(image.name, picture.size, lines)
     return parse_document(raw, "alto", image.with_suffix(".xml"))
 
 

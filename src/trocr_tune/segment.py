@@ -28,6 +28,8 @@ WORK_SIZE = 1600  # longest side (px) the page is analysed at; lines are mapped 
 SKEW_DEGREES = 4.0  # skew searched in [-SKEW, +SKEW] per column
 SKEW_STEP = 0.25
 GUTTER_INK = 0.25  # a column gap holds under this share of a text column's ink (x profile)
+PEAK_DISTANCE = 0.55  # two line peaks are at least this many line pitches apart
+VALLEY_DEPTH = 0.9  # ... and the profile between them falls under this share of the lower peak
 GAP_PITCHES = 1.5  # a blank wider than this many line pitches splits a line (margin notes, fields)
 
 
@@ -162,13 +164,19 @@ def _bands(profile: np.ndarray, pitch: int) -> list[tuple[int, int, int]]:
         return []
     floor = smooth.max() * 0.08
     peaks: list[int] = []
-    half = max(2, int(pitch * 0.55))
+    near = max(2, int(pitch * PEAK_DISTANCE))
     for y in range(1, len(smooth) - 1):
-        if smooth[y] < floor or smooth[y] < smooth[y - 1] or smooth[y] < smooth[y + 1]:
+        if smooth[y] < floor or smooth[y] < smooth[y - 1] or smooth[y] <= smooth[y + 1]:
             continue
-        lo, hi = max(0, y - half), min(len(smooth), y + half + 1)
-        if smooth[y] >= smooth[lo:hi].max() and (not peaks or y - peaks[-1] >= half):
-            peaks.append(y)
+        if peaks:
+            last = peaks[-1]
+            valley = float(smooth[last:y].min())
+            # One line, not two: too close, or no real valley between the two humps.
+            if y - last < near or valley > VALLEY_DEPTH * min(smooth[last], smooth[y]):
+                if smooth[y] > smooth[last]:
+                    peaks[-1] = y
+                continue
+        peaks.append(y)
     bands = []
     for i, peak in enumerate(peaks):
         top = peaks[i - 1] + int(np.argmin(smooth[peaks[i - 1] : peak])) if i else max(0, peak - pitch)

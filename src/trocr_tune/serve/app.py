@@ -37,7 +37,7 @@ from ..config import Config
 from ..data.images import ImageProblem, image_problem, open_image
 from ..decoding import Prediction
 from ..errors import UserError
-from ..pages import confidence_of, fill_page
+from ..pages import NO_LINES_FOUND, confidence_of, fill_page, scan_alto
 from .batching import Batcher, BatchStats, Closed, Decoder, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import ServeSettings
@@ -195,7 +195,7 @@ PAGES_BODY: dict[str, Any] = {
                         "image": {"type": "string", "format": "binary"},
                         "xml": {"type": "string", "format": "binary"},
                     },
-                    "required": ["image", "xml"],
+                    "required": ["image"],
                 }
             }
         },
@@ -461,7 +461,9 @@ def create_app(
         summary="Fill an ALTO or PAGE document",
         description="Multipart `image` (the page image) and `xml` (ALTO v2-v4 or PAGE 2013/2019). Answers "
         "the same document with every TextLine's text replaced, as `trocr-tune transcribe` writes it "
-        "(application/xml); headers X-Lines-Read, X-Lines-Skipped and X-Lines-Untouched count the lines.",
+        "(application/xml); headers X-Lines-Read, X-Lines-Skipped and X-Lines-Untouched count the lines. "
+        "Without `xml`, the built-in segmenter finds the page's lines (as `transcribe --segment`) and "
+        "the answer is a new ALTO v4 document (header X-Segmented: true).",
         response_class=Response,
         openapi_extra=PAGES_BODY,
     )
@@ -475,16 +477,21 @@ def create_app(
         image, xml = data.get("image"), data.get("xml")
         if not isinstance(image, UploadFile):
             raise ApiError(422, "missing the page image (multipart file field image)")
-        if xml is None:
-            raise ApiError(422, "missing the ALTO/PAGE document (multipart field xml)")
-        raw = await xml.read() if isinstance(xml, UploadFile) else str(xml).encode("utf-8")
-        name = (xml.filename if isinstance(xml, UploadFile) else None) or "page.xml"
+        image_name = Path(image.filename or "page").name
+        if xml is None:  # a bare scan: its lines are found first
+            raw, name = b"", f"{Path(image_name).stem or 'page'}.xml"
+        else:
+            raw = await xml.read() if isinstance(xml, UploadFile) else str(xml).encode("utf-8")
+            name = (xml.filename if isinstance(xml, UploadFile) else None) or "page.xml"
         folder = new_folder()
         try:
             try:
-                page_image = await run_in_threadpool(
-                    store_image, folder, image.filename or "image", await image.read()
-                )
+                page_image = await run_in_threadpool(store_image, folder, image_name, await image.read())
+                if xml is None:
+                    found = await run_in_threadpool(scan_alto, Path(page_image), image_name)
+                    if found is None:
+                        raise ApiError(422, f"nothing transcribed: {NO_LINES_FOUND}")
+                    raw = found
             except ImageProblem as problem:
                 raise ApiError(422, f"page image: {problem.reason}") from None
             try:
@@ -499,6 +506,7 @@ def create_app(
                 "X-Lines-Read": str(len(filled.lines)),
                 "X-Lines-Skipped": str(filled.log.total()),
                 "X-Lines-Untouched": str(filled.untouched),
+                "X-Segmented": "true" if xml is None else "false",
             }
             return Response(filled.xml, media_type="application/xml", headers=headers)
         finally:
