@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from lxml import etree
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from trocr_tune.config import load_config
 from trocr_tune.data.layouts.xml_pages import parse_alto
@@ -63,6 +63,20 @@ def test_skewed_page_keeps_one_line_per_text_line(tmp_path: Path) -> None:
     # The polygon follows the skew: its left and right ends differ in height.
     left, right = lines[0].polygon[0], lines[0].polygon[1]
     assert abs(left[1] - right[1]) > 5
+
+
+def test_short_images_a_line_or_a_snippet() -> None:
+    # Rules and blobs are judged in absolute sizes too: the letters of a short image stay writing.
+    font = ImageFont.load_default(size=30)
+    line = Image.new("L", (800, 100), 230)
+    ImageDraw.Draw(line).text((10, 30), "a single line image here", fill=0, font=font)
+    assert len(segment_page(line)) == 1
+    snippet = Image.new("L", (700, 200), 230)
+    draw = ImageDraw.Draw(snippet)
+    draw.text((10, 20), "two lines of text", fill=0, font=font)
+    draw.text((10, 90), "on a small snippet", fill=0, font=font)
+    found = segment_page(snippet)
+    assert len(found) == 2 and found[0].box[3] <= found[1].box[1] + 2
 
 
 def test_blank_page_has_no_lines() -> None:

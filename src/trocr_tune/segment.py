@@ -2,7 +2,7 @@
 
 A classical projection-profile segmenter (no model, no download): the page's light is flattened,
 ink is thresholded, ruled and border lines are removed, the page is split into text columns at
-wide blank gutters, and in each column the dominant skew is found and the ink's row profile is
+gutters where the ink thins out, and in each column the dominant skew is found and the ink's row profile is
 cut into lines at its valleys. Each line keeps the parallelogram of its band, cut at wide blank
 gaps, as polygon. Measured against the shared pages' hand-drawn lines in docs/transcribe.md.
 """
@@ -27,6 +27,7 @@ Point = tuple[float, float]
 WORK_SIZE = 1600  # longest side (px) the page is analysed at; lines are mapped back
 SKEW_DEGREES = 4.0  # skew searched in [-SKEW, +SKEW] per column
 SKEW_STEP = 0.25
+RULE_MIN = 100  # px at WORK_SIZE: the shortest ruled line, the tallest letter kept on a short image
 GUTTER_INK = 0.25  # a column gap holds under this share of a text column's ink (x profile)
 PEAK_DISTANCE = 0.55  # two line peaks are at least this many line pitches apart
 VALLEY_DEPTH = 0.9  # ... and the profile between them falls under this share of the lower peak
@@ -59,8 +60,9 @@ def _remove_rules(mask: np.ndarray) -> np.ndarray:
     """Ruled lines, form lines and page borders: long thin horizontal or vertical runs."""
     h, w = mask.shape
     m = mask.astype(np.uint8)
-    horizontal = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((1, max(20, w // 12)), np.uint8))
-    vertical = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((max(20, h // 12), 1), np.uint8))
+    # Longer than any pen stroke of a letter, also on a short image (a snippet of a few lines).
+    horizontal = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((1, max(RULE_MIN, w // 12)), np.uint8))
+    vertical = cv2.morphologyEx(m, cv2.MORPH_OPEN, np.ones((max(RULE_MIN, h // 12), 1), np.uint8))
     rules = cv2.dilate(np.maximum(horizontal, vertical), np.ones((3, 3), np.uint8))
     return mask & ~rules.astype(bool)
 
@@ -78,7 +80,8 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     # Ink touching the image's edge is the scan's border or the next page, not writing.
     edge = (left <= 1) | (top <= 1) | (left + width >= w - 1) | (top + height >= h - 1)
-    keep = (area >= max(4, (h * w) // 400_000)) & (height < h * 0.15) & ~((fill > 0.6) & (area > 400)) & ~edge
+    small = area >= max(4, (h * w) // 400_000)
+    keep = small & (height < max(h * 0.15, RULE_MIN)) & ~((fill > 0.6) & (area > 400)) & ~edge
     keep[0] = False
     return keep[labels]
 
