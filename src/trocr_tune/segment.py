@@ -28,7 +28,9 @@ WORK_SIZE = 1600  # longest side (px) the page is analysed at; lines are mapped 
 SKEW_DEGREES = 4.0  # skew searched in [-SKEW, +SKEW] per column
 SKEW_STEP = 0.25
 RULE_MIN = 100  # px at WORK_SIZE: the shortest ruled line, the tallest letter kept on a short image
-GUTTER_INK = 0.25  # a column gap holds under this share of a text column's ink (x profile)
+GUTTER_SMOOTH = 0.5  # the x profile is smoothed over this many line pitches (sigma)
+GUTTER_WIDTH = 0.5  # a gutter is at least this many line pitches wide ...
+GUTTER_INK = 0.35  # a column gap holds under this share of a text column's ink (x profile)
 PEAK_DISTANCE = 0.55  # two line peaks are at least this many line pitches apart
 VALLEY_DEPTH = 0.9  # ... and the profile between them falls under this share of the lower peak
 GAP_PITCHES = 1.5  # a blank wider than this many line pitches splits a line (margin notes, fields)
@@ -127,9 +129,9 @@ def _line_pitch(profile: np.ndarray, lo: int = 12, hi: int = 200) -> int:
 
 
 def _columns(mask: np.ndarray, pitch: int) -> list[tuple[int, int]]:
-    """The page cut into text columns at gutters: stretches at least a line pitch wide where
+    """The page cut into text columns at gutters: stretches at least GUTTER_WIDTH pitches wide where
     the ink is under GUTTER_INK of a text column's (a margin note there stays its own column)."""
-    cols = _smooth(mask.sum(axis=0).astype(np.float32), pitch / 4)
+    cols = _smooth(mask.sum(axis=0).astype(np.float32), pitch * GUTTER_SMOOTH)
     inked = cols[cols > 0]
     if not len(inked):
         return [(0, mask.shape[1])]
@@ -139,7 +141,8 @@ def _columns(mask: np.ndarray, pitch: int) -> list[tuple[int, int]]:
         if blank and start is None:
             start = x
         elif not blank and start is not None:
-            if x - start >= pitch and start > 0 and x < len(cols):  # inner gutters, not the margins
+            inner = start > 0 and x < len(cols)  # a gutter between columns, not the page's margin
+            if inner and x - start >= pitch * GUTTER_WIDTH:
                 cuts.append(start + int(np.argmin(cols[start:x])))
             start = None
     edges = [0, *cuts, mask.shape[1]]
