@@ -597,6 +597,8 @@ def transcribe_files(
 
     ranks = ranks or Ranks()
     _check_options(options)
+    if options.segment and cfg.data.line_types:
+        raise UserError("--segment finds lines without types: data.line_types (--line-types) cannot pick")
     start = time.perf_counter()
     report = TranscribeReport()
     planned = ranks.part(_plan(find_xml_files(inputs, cfg.data.xml_glob, options.segment), options, report))

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -495,8 +495,11 @@ def create_app(
             except ImageProblem as problem:
                 raise ApiError(422, f"page image: {problem.reason}") from None
             try:
+                # Found lines have no types for data.line_types to pick: every one is read.
+                page_cfg = replace(cfg, data=replace(cfg.data, line_types=[])) if xml is None else cfg
+                crops = folder / "crops"
                 filled = await run_in_threadpool(
-                    fill_page, raw, Path(page_image), cfg, blocking_decode, Path(name).name, folder / "crops"
+                    fill_page, raw, Path(page_image), page_cfg, blocking_decode, Path(name).name, crops
                 )
             except UserError as exc:
                 raise ApiError(422, str(exc)) from None
