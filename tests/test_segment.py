@@ -205,3 +205,11 @@ def test_real_pages_lines_found(name: str, columns: int) -> None:
     assert matched >= 0.9 * len(boxes), (matched, len(boxes))
     assert len(lines) <= 1.15 * len(boxes)
     assert len({ln.column for ln in lines}) == columns
+
+
+def test_ranks_merged_report_keeps_the_segmented_wording() -> None:
+    from trocr_tune.pages import TranscribeReport, _merge
+
+    parts = [(TranscribeReport(files=2, segmented=True, pages=1, lines=n), []) for n in (3, 2)]
+    merged, _ = _merge(parts)
+    assert merged.summary()[0].startswith("2 pages of 2 page images, 5 lines found and read")

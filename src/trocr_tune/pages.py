@@ -654,7 +654,8 @@ def _merge(
 ) -> tuple[TranscribeReport, list[LineReading]]:
     """The ranks' reports and readings as one, in rank (= input) order."""
     first = parts[0][0]
-    merged = TranscribeReport(files=first.files, ignored=first.ignored)  # every rank planned all files
+    # Every rank planned all files.
+    merged = TranscribeReport(files=first.files, segmented=first.segmented, ignored=first.ignored)
     readings: list[LineReading] = []
     for report, part in parts:
         merged.pages += report.pages
