@@ -177,8 +177,19 @@ def test_cli_transcribe_segment_through_the_entry_point(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert "1 pages of 1 ALTO/PAGE files, 10 lines read" in again.stdout
-    bare = run_cli("transcribe", MODEL, str(tmp_path / "scans" / "letter.png"), "--out", str(out), *args)
-    assert bare.returncode == 2 and "pass --segment" in bare.stderr
+
+
+def test_cli_image_without_segment_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trocr_tune.cli import main
+
+    scanned_page(tmp_path / "letter.png", columns=1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["transcribe", MODEL, str(tmp_path / "letter.png"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("trocr-tune: error: ") and "is an image: pass --segment" in last, last
 
 
 # --- Real pages (skipped where ../shared/data is absent) -------------------------------------------
