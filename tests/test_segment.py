@@ -160,7 +160,7 @@ def test_segment_option_errors(tmp_path: Path, engine: Any) -> None:
         transcribe_files(*engine, [tmp_path / "x.xml"], cfg, TranscribeOptions(out, segment=True))
 
 
-def test_cli_transcribe_segment_through_the_entry_point(tmp_path: Path) -> None:
+def test_cli_transcribe_segment_through_the_entry_point(tmp_path: Path, engine: Any) -> None:
     scanned_page(tmp_path / "scans" / "letter.png")
     out = tmp_path / "out"
     args = ["--device", "cpu", f"data.cache_dir={tmp_path / 'cache'}", "eval.num_beams=1"]
@@ -172,11 +172,14 @@ def test_cli_transcribe_segment_through_the_entry_point(tmp_path: Path) -> None:
     assert (out / "letter.xml").is_file()
     # The written ALTO, put beside its image, is an input like any other segmented page.
     (tmp_path / "scans" / "letter.xml").write_bytes((out / "letter.xml").read_bytes())
-    again = run_cli(
-        "transcribe", MODEL, str(tmp_path / "scans" / "letter.xml"), "--out", str(tmp_path / "o2"), *args
+    again = transcribe_files(
+        *engine, [tmp_path / "scans" / "letter.xml"], _cfg(tmp_path), TranscribeOptions(tmp_path / "o2")
     )
-    assert again.returncode == 0, again.stderr
-    assert "1 pages of 1 ALTO/PAGE files, 10 lines read" in again.stdout
+    assert again.summary()[0].startswith("1 pages of 1 ALTO/PAGE files, 10 lines read")
+    first = parse_alto(ET.parse(out / "letter.xml").getroot(), out / "letter.xml")
+    second = parse_alto(ET.parse(tmp_path / "o2" / "letter.xml").getroot(), tmp_path / "o2" / "letter.xml")
+    assert [(ln.id, ln.region.box) for ln in second.lines] == [(ln.id, ln.region.box) for ln in first.lines]
+    assert all(ln.text for ln in second.lines)
 
 
 def test_cli_image_without_segment_is_one_line_error(
