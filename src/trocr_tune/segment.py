@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -69,8 +69,13 @@ def _remove_rules(mask: np.ndarray) -> np.ndarray:
     return mask & ~rules.astype(bool)
 
 
-def _clean(mask: np.ndarray) -> np.ndarray:
-    """Drop specks and blobs far larger than writing (stamps, bleed, dark page edges)."""
+def _writing(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The ink that is writing, and the line pitch measured on it.
+
+    Dropped, in one pass over the connected components: specks, blobs far larger than writing
+    (stamps, bleed, dark page edges), ink touching the image's edge; then, once the pitch is
+    known, tall thin strokes that no single line holds (vertical writing in the margin, pen
+    lines down the page)."""
     h, w = mask.shape
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     area, height, width = (
@@ -85,17 +90,9 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     small = area >= max(4, (h * w) // 400_000)
     keep = small & (height < max(h * 0.15, RULE_MIN)) & ~((fill > 0.6) & (area > 400)) & ~edge
     keep[0] = False
-    return keep[labels]
-
-
-def _drop_tall(mask: np.ndarray, pitch: int) -> np.ndarray:
-    """Without tall thin strokes that no single line holds: vertical writing in the margin,
-    pen lines down the page."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    height, width = stats[:, cv2.CC_STAT_HEIGHT], stats[:, cv2.CC_STAT_WIDTH]
-    tall = (height > 1.2 * pitch) & (height > 1.5 * width)
-    tall[0] = False
-    return mask & ~tall[labels]
+    pitch = _line_pitch(keep[labels].sum(axis=1).astype(np.float32))
+    keep &= ~((height > 1.2 * pitch) & (height > 1.5 * width))
+    return keep[labels], pitch
 
 
 def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
@@ -221,10 +218,8 @@ def segment_page(image: Image.Image) -> list[SegmentedLine]:
         if scale < 1
         else gray_full
     )
-    mask = _clean(_remove_rules(_ink(gray)))
+    mask, pitch = _writing(_remove_rules(_ink(gray)))
     h = mask.shape[0]
-    pitch = _line_pitch(mask.sum(axis=1).astype(np.float32))
-    mask = _drop_tall(mask, pitch)
     lines: list[SegmentedLine] = []
     for index, (x0, x1) in enumerate(_columns(mask, pitch)):
         column = mask[:, x0:x1]
@@ -247,13 +242,22 @@ def segment_page(image: Image.Image) -> list[SegmentedLine]:
             for a, b in _runs(inked, gap=int(col_pitch * GAP_PITCHES)):
                 if b - a < col_pitch * 0.6:
                     continue
-                found = _line(a + x0, b + x0, top - offset, bottom - offset, t, x0, scale, gray_full.shape)
-                lines.append(replace(found, column=index))
+                lines.append(
+                    _line(a + x0, b + x0, top - offset, bottom - offset, t, x0, scale, gray_full.shape, index)
+                )
     return lines
 
 
 def _line(
-    a: int, b: int, top: int, bottom: int, t: float, x0: int, scale: float, shape: tuple[int, ...]
+    a: int,
+    b: int,
+    top: int,
+    bottom: int,
+    t: float,
+    x0: int,
+    scale: float,
+    shape: tuple[int, ...],
+    column: int,
 ) -> SegmentedLine:
     """The band [top, bottom] (sheared rows) between columns a and b, in page pixels."""
     height, width = shape[0], shape[1]
@@ -265,7 +269,8 @@ def _line(
     polygon = (point(a, top), point(b, top), point(b, bottom), point(a, bottom))
     xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
     base = top + 0.8 * (bottom - top)
-    return SegmentedLine(polygon, (min(xs), min(ys), max(xs), max(ys)), (point(a, base), point(b, base)))
+    box = (min(xs), min(ys), max(xs), max(ys))
+    return SegmentedLine(polygon, box, (point(a, base), point(b, base)), column)
 
 
 def _points(points: Sequence[Point]) -> str:
