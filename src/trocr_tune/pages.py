@@ -390,7 +390,7 @@ def _output_path(xml: Path, base: Path, options: TranscribeOptions) -> Path | No
     return options.out / (rel.with_suffix(".xml") if options.segment else rel)
 
 
-def _check_options(options: TranscribeOptions) -> None:
+def _check_options(options: TranscribeOptions, data: DataConfig) -> None:
     if options.fmt is not None and options.fmt not in FORMATS:
         raise UserError(f"unknown format {options.fmt!r}; choose from: {', '.join(FORMATS)}")
     if options.in_place and options.out is not None:
@@ -403,6 +403,8 @@ def _check_options(options: TranscribeOptions) -> None:
         raise UserError("--segment writes new ALTO files: give --out DIR instead of --in-place")
     if options.segment and options.fmt == "page":
         raise UserError("--segment writes ALTO: choose --format alto, txt or jsonl")
+    if options.segment and data.line_types:
+        raise UserError("--segment finds lines without types: data.line_types (--line-types) cannot pick")
 
 
 def _region_ranks(root: Any) -> dict[str, int]:
@@ -596,9 +598,7 @@ def transcribe_files(
     from .decoding import transcribe
 
     ranks = ranks or Ranks()
-    _check_options(options)
-    if options.segment and cfg.data.line_types:
-        raise UserError("--segment finds lines without types: data.line_types (--line-types) cannot pick")
+    _check_options(options, cfg.data)
     start = time.perf_counter()
     report = TranscribeReport()
     planned = ranks.part(_plan(find_xml_files(inputs, cfg.data.xml_glob, options.segment), options, report))
@@ -683,8 +683,8 @@ def transcribe_pages(
     from .optimize import load_runner
 
     ranks = ranks or Ranks()
-    _check_options(options)
-    find_xml_files(inputs, cfg.data.xml_glob, options.segment)  # a wrong path fails before the model loads
+    _check_options(options, cfg.data)  # bad options and paths fail before the model loads
+    find_xml_files(inputs, cfg.data.xml_glob, options.segment)
     bundle, runner = load_runner(model, pick_device(ranks.device(device)), cfg.optimize)
     eval_cfg, note = model_decoding(cfg.eval, bundle, runner)
     report = transcribe_files(bundle, runner, inputs, replace(cfg, eval=eval_cfg), options, progress, ranks)
