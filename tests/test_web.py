@@ -93,6 +93,26 @@ def _rows(driver: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _assert_rows_are(rows: dict[str, dict[str, Any]], want: dict[str, tuple[Any, float]]) -> None:
+    """Each line the service read shows its text, confidence and a thumbnail cropped by its box."""
+    for line_id, (text, confidence) in want.items():
+        assert rows[line_id]["text"] == text
+        assert rows[line_id]["confidence"] == pytest.approx(confidence, abs=0.005)
+        assert rows[line_id]["thumbnail"]
+
+
+def _offered(driver: Any, name: str) -> bytes:
+    """The file the Download link offers, which must be shown and named `name`."""
+    link = driver.find_element(By.ID, "download")
+    assert link.is_displayed() and link.get_attribute("download") == name
+    downloaded = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));",
+        link.get_attribute("href"),
+    )
+    return str(downloaded).encode("utf-8")
+
+
 def _severe_console(driver: Any) -> list[str]:
     # The deliberate 401 is a network error in the log; anything else (CSP, script) is a defect.
     return [
@@ -149,19 +169,8 @@ def test_page_and_xml_filled_and_downloaded(
     assert browser.find_element(By.ID, "status").text == "2 line(s) read, 1 skipped: page.xml is ready."
     rows = {r["id"]: r for r in _rows(browser)}
     assert set(rows) == {"l1", "l2", "l3"}  # l3 lies outside the image: kept, not read
-    for line_id, (text, confidence) in want.items():
-        assert rows[line_id]["text"] == text
-        assert rows[line_id]["confidence"] == pytest.approx(confidence, abs=0.005)
-        assert rows[line_id]["thumbnail"]  # cropped from the page image by the line's box
-
-    link = browser.find_element(By.ID, "download")
-    assert link.is_displayed() and link.get_attribute("download") == "page.xml"
-    downloaded = browser.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));",
-        link.get_attribute("href"),
-    )
-    assert downloaded.encode("utf-8") == served  # the file offered is the service's filled XML
+    _assert_rows_are(rows, want)
+    assert _offered(browser, "page.xml") == served  # the file offered is the service's filled XML
     assert _severe_console(browser) == []
 
 
@@ -181,18 +190,8 @@ def test_whole_page_image_segmented_and_downloaded(browser: Any, server: Server,
     assert browser.find_element(By.ID, "status").text == "10 line(s) read: letter.xml is ready."
     rows = {r["id"]: r for r in _rows(browser)}
     assert set(rows) == set(want)
-    for line_id, (text, confidence) in want.items():
-        assert rows[line_id]["text"] == text
-        assert rows[line_id]["confidence"] == pytest.approx(confidence, abs=0.005)
-        assert rows[line_id]["thumbnail"]
-    link = browser.find_element(By.ID, "download")
-    assert link.is_displayed() and link.get_attribute("download") == "letter.xml"
-    downloaded = browser.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "fetch(arguments[0]).then((r) => r.text()).then(done, (e) => done('failed: ' + e));",
-        link.get_attribute("href"),
-    )
-    assert downloaded.encode("utf-8") == served
+    _assert_rows_are(rows, want)
+    assert _offered(browser, "letter.xml") == served
     # Two images with "Whole page" ticked: one page at a time, said before anything is sent.
     _read(browser, [image, image])
     assert browser.find_element(By.ID, "status").text == "For a whole page, choose exactly one page image."
