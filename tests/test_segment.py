@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,12 @@ import pytest
 from lxml import etree
 from PIL import Image, ImageDraw, ImageFont
 
+from trocr_tune import segment
 from trocr_tune.config import load_config
 from trocr_tune.data.layouts.xml_pages import parse_alto
 from trocr_tune.errors import UserError
 from trocr_tune.pages import JSONL_NAME, NO_LINES_FOUND, TranscribeOptions, transcribe_files
-from trocr_tune.segment import alto_for, segment_page
+from trocr_tune.segment import alto_for, reading_order, segment_page
 
 from conftest import SHARED_DATA, corrupt_image, run_cli, scanned_page
 
@@ -52,6 +54,36 @@ def test_columns_and_lines_in_reading_order_without_the_rules(tmp_path: Path) ->
         assert y1 - y0 <= 58 and x1 - x0 <= box[2] - box[0] + 8, (line.box, box)
         (x0, y0), (x1, y1) = line.baseline
         assert x0 < x1 and box[1] < y0 < box[3] + 8
+
+
+def test_reading_order_column_by_column_unless_a_line_spans_them() -> None:
+    left = [(0, 100 + 50 * i, 300, 140 + 50 * i) for i in range(3)]
+    right = [(400, 105 + 50 * i, 700, 145 + 50 * i) for i in range(3)]
+    # Interleaved as a row-by-row scan finds them: left, right, left, right, ...
+    boxes = [box for pair in zip(left, right, strict=True) for box in pair]
+    assert reading_order(boxes) == [0, 2, 4, 1, 3, 5]
+    # A heading above both columns comes first; a line across both below them splits the page:
+    # the columns above it are read before it, the lines under it after it.
+    heading, across, under = (100, 20, 600, 60), (0, 260, 700, 300), (0, 320, 300, 360)
+    boxes = [*boxes, under, across, heading]
+    assert reading_order(boxes) == [8, 0, 2, 4, 1, 3, 5, 7, 6]
+    # Two runs of one row (a gap split the line) stay in the row's place.
+    row = [(0, 0, 200, 40), (350, 2, 700, 42), (0, 50, 700, 90)]
+    assert reading_order(row) == [0, 1, 2]
+    assert reading_order([]) == [] and reading_order([(0, 0, 1, 1)]) == [0]
+
+
+def test_two_columns_read_one_after_the_other_where_no_gutter_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanned_page(tmp_path / "page.png")
+    # A gutter hidden by a decorated border or show-through: the page stays one column.
+    monkeypatch.setattr(segment, "_columns", lambda mask, pitch: [(0, mask.shape[1])])
+    lines = segment_page(Image.open(tmp_path / "page.png"))
+    assert {ln.column for ln in lines} == {0} and len(lines) == 10
+    starts = [ln.box[0] for ln in lines]
+    assert max(starts[:5]) < 200 < min(starts[5:]), starts
+    assert all(a.box[1] < b.box[1] for a, b in itertools.pairwise(lines[:5]))
 
 
 def test_skewed_page_keeps_one_line_per_text_line(tmp_path: Path) -> None:
