@@ -35,6 +35,8 @@ GUTTER_WIDTH = 0.5  # a gutter is at least this many line pitches wide ...
 GUTTER_INK = 0.35  # a column gap holds under this share of a text column's ink (x profile)
 PEAK_DISTANCE = 0.55  # two line peaks are at least this many line pitches apart
 VALLEY_DEPTH = 0.9  # ... and the profile between them falls under this share of the lower peak
+FLAT_HEIGHT = 0.18  # ink lower than this many line pitches ...
+FLAT_WIDTH = 1.0  # ... and wider than this many is a stroke, not writing (a will's closing dash)
 GAP_PITCHES = 1.5  # a blank wider than this many line pitches splits a line (margin notes, fields)
 
 
@@ -77,7 +79,8 @@ def _writing(mask: np.ndarray) -> tuple[np.ndarray, int]:
     Dropped, in one pass over the connected components: specks, blobs far larger than writing
     (stamps, bleed, dark page edges), ink touching the image's edge; then, once the pitch is
     known, tall thin strokes that no single line holds (vertical writing in the margin, pen
-    lines down the page)."""
+    lines down the page) and long flat ones that are no letter (the dash that closes a line
+    against additions, an underline, a flourish under a title)."""
     h, w = mask.shape
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     area, height, width = (
@@ -94,6 +97,7 @@ def _writing(mask: np.ndarray) -> tuple[np.ndarray, int]:
     keep[0] = False
     pitch = _line_pitch(keep[labels].sum(axis=1).astype(np.float32))
     keep &= ~((height > 1.2 * pitch) & (height > 1.5 * width))
+    keep &= ~((height < FLAT_HEIGHT * pitch) & (width > FLAT_WIDTH * pitch))
     return keep[labels], pitch
 
 
