@@ -28,17 +28,14 @@ def _norm(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _area(a: list[float], b: tuple[float, float, float, float]) -> float:
+    """Area of the intersection of two (x0, y0, x1, y1) boxes."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def _inside(box: list[float], golds: list[tuple[float, float, float, float]]) -> float:
     area = max(1e-9, (box[2] - box[0]) * (box[3] - box[1]))
-    covered = sum(
-        max(0.0, min(box[2], g[2]) - max(box[0], g[0])) * max(0.0, min(box[3], g[3]) - max(box[1], g[1]))
-        for g in golds
-    )
-    return covered / area
-
-
-def _area(a: list[float], b: tuple[float, float, float, float]) -> float:
-    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return sum(_area(box, g) for g in golds) / area
 
 
 def _matched(texts: list[str], golds: list[tuple[float, float, float, float]], read: list[dict]) -> int:
