@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,22 @@ def test_short_images_a_line_or_a_snippet() -> None:
     draw.text((10, 90), "on a small snippet", fill=0, font=font)
     found = segment_page(snippet)
     assert len(found) == 2 and found[0].box[3] <= found[1].box[1] + 2
+
+
+def test_real_line_images_are_one_line_each() -> None:
+    # The committed handwritten lines (two unseen wills): a line image has no repeat in its rows, so
+    # it is one line of its own height, read whole: not shattered into letters at a guessed pitch.
+    root = Path(str(resources.files("trocr_tune").joinpath("resources/demo-lines/poilus")))
+    rows = [json.loads(row) for row in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    found = []
+    for row in rows:
+        if row["split"] == "test":
+            with Image.open(root / row["image"]) as im:
+                found.append((segment_page(im), im.width))
+    # The found line spans the writing, most of the image's width.
+    widths = sorted((lines[0].box[2] - lines[0].box[0]) / width for lines, width in found if len(lines) == 1)
+    assert len(widths) >= 0.95 * len(found), (len(widths), len(found))
+    assert widths[len(widths) // 2] > 0.85
 
 
 def test_blank_page_has_no_lines() -> None:

@@ -38,6 +38,7 @@ VALLEY_DEPTH = 0.9  # ... and the profile between them falls under this share of
 FLAT_HEIGHT = 0.18  # ink lower than this many line pitches ...
 FLAT_WIDTH = 1.0  # ... and wider than this many is a stroke, not writing (a will's closing dash)
 GAP_PITCHES = 1.5  # a blank wider than this many line pitches splits a line (margin notes, fields)
+ONE_LINE = 4.0  # ink rows within this many heights of its writing, with no repeat: an image of one line
 
 
 @dataclass(frozen=True)
@@ -73,14 +74,15 @@ def _remove_rules(mask: np.ndarray) -> np.ndarray:
     return mask & ~rules.astype(bool)
 
 
-def _writing(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """The ink that is writing, and the line pitch measured on it.
+def _writing(mask: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """The ink that is writing, the line pitch measured on it, and whether it is a single line.
 
     Dropped, in one pass over the connected components: specks, blobs far larger than writing
     (stamps, bleed, dark page edges), ink touching the image's edge; then, once the pitch is
     known, tall thin strokes that no single line holds (vertical writing in the margin, pen
     lines down the page) and long flat ones that are no letter (the dash that closes a line
-    against additions, an underline, a flourish under a title)."""
+    against additions, an underline, a flourish under a title). A line image (a crop, a one-line
+    snippet) has no repeat in its row profile: its pitch is the line's own height."""
     h, w = mask.shape
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     area, height, width = (
@@ -95,10 +97,20 @@ def _writing(mask: np.ndarray) -> tuple[np.ndarray, int]:
     small = area >= max(4, (h * w) // 400_000)
     keep = small & (height < max(h * 0.15, RULE_MIN)) & ~((fill > 0.6) & (area > 400)) & ~edge
     keep[0] = False
-    pitch = _line_pitch(keep[labels].sum(axis=1).astype(np.float32))
+    profile = keep[labels].sum(axis=1).astype(np.float32)
+    pitch, repeats = _line_pitch(profile)
+    one_line = False
+    if not repeats and keep.any():
+        # Half the writing's ink is in components at most this high (words in cursive, letters in print).
+        order = np.argsort(height[keep])
+        mass = np.cumsum(area[keep][order])
+        writing = float(height[keep][order][np.searchsorted(mass, mass[-1] / 2)])
+        extent = _line_height(profile, 1)
+        if extent <= ONE_LINE * writing:
+            pitch, one_line = extent, True
     keep &= ~((height > 1.2 * pitch) & (height > 1.5 * width))
     keep &= ~((height < FLAT_HEIGHT * pitch) & (width > FLAT_WIDTH * pitch))
-    return keep[labels], pitch
+    return keep[labels], pitch, one_line
 
 
 def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
@@ -108,27 +120,36 @@ def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     return np.convolve(values, kernel / kernel.sum(), mode="same")
 
 
-def _line_pitch(profile: np.ndarray, lo: int = 12, hi: int = 200) -> int:
-    """Distance between text lines: the first strong peak of the row profile's autocorrelation."""
+def _line_pitch(profile: np.ndarray, lo: int = 12, hi: int = 200) -> tuple[int, bool]:
+    """Distance between text lines: the first strong peak of the row profile's autocorrelation;
+    and whether the profile repeats at all (a guess of `lo` or `2 lo` where it does not)."""
     p = profile - profile.mean()
     if len(p) < 2 * lo or not p.any():
-        return lo * 2
+        return lo * 2, False
     corr = np.correlate(p, p, mode="full")[len(p) - 1 :]
     corr = corr / max(corr[0], 1e-9)
     hi = min(hi, len(p) // 2)
     if hi <= lo:
-        return lo * 2
+        return lo * 2, False
     window = corr[lo:hi]
     peaks = [
         i for i in range(1, len(window) - 1) if window[i] >= window[i - 1] and window[i] >= window[i + 1]
     ]
     if not peaks:
-        return int(lo + np.argmax(window))
+        first = int(np.argmax(window))
+        return lo + first, first > 0
     best = max(window[i] for i in peaks)
     if best <= 0:
-        return lo * 2
+        return lo * 2, False
     first = next(i for i in peaks if window[i] >= 0.6 * best)
-    return lo + first
+    return lo + first, True
+
+
+def _line_height(profile: np.ndarray, lo: int) -> int:
+    """Rows holding the ink of one line, its faintest 2% at either end left out."""
+    mass = np.cumsum(profile)
+    top, bottom = np.searchsorted(mass, [0.02 * mass[-1], 0.98 * mass[-1]])
+    return max(lo, int(bottom - top) + 1)
 
 
 def _columns(mask: np.ndarray, pitch: int) -> list[tuple[int, int]]:
@@ -224,10 +245,12 @@ def segment_page(image: Image.Image) -> list[SegmentedLine]:
         if scale < 1
         else gray_full
     )
-    mask, pitch = _writing(_remove_rules(_ink(gray)))
+    mask, pitch, one_line = _writing(_remove_rules(_ink(gray)))
     h = mask.shape[0]
     lines: list[SegmentedLine] = []
-    for index, (x0, x1) in enumerate(_columns(mask, pitch)):
+    # An image of one line has word gaps, not gutters.
+    columns = [(0, mask.shape[1])] if one_line else _columns(mask, pitch)
+    for index, (x0, x1) in enumerate(columns):
         column = mask[:, x0:x1]
         ys, xs = np.nonzero(column)
         if len(ys) < 20:
@@ -238,14 +261,16 @@ def segment_page(image: Image.Image) -> list[SegmentedLine]:
         offset = int(max(0, -rows.min()))
         rows += offset
         profile = np.bincount(rows, minlength=h + offset + 1).astype(np.float32)
-        col_pitch = _line_pitch(profile)
+        col_pitch = pitch if one_line else _line_pitch(profile)[0]
         for top, _peak, bottom in _bands(profile, col_pitch):
             inside = (rows >= top) & (rows <= bottom)
             if inside.sum() < col_pitch:  # a few specks, not writing
                 continue
             inked = np.zeros(x1 - x0, bool)
             inked[xs[inside]] = True
-            for a, b in _runs(inked, gap=int(col_pitch * GAP_PITCHES)):
+            # A line image is read whole, as `predict` reads it.
+            gap = x1 - x0 if one_line else int(col_pitch * GAP_PITCHES)
+            for a, b in _runs(inked, gap=gap):
                 if b - a < col_pitch * 0.6:
                     continue
                 lines.append(
