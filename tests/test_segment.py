@@ -193,6 +193,37 @@ def test_transcribe_segment_writes_alto_txt_and_jsonl(tmp_path: Path, engine: An
     assert len((tmp_path / "j" / JSONL_NAME).read_text(encoding="utf-8").splitlines()) == 10
 
 
+def test_phone_photo_turned_by_exif_is_read_upright(tmp_path: Path, engine: Any) -> None:
+    # A phone stores the pixels sideways and an EXIF orientation that turns them for display.
+    scanned_page(tmp_path / "page.png", columns=1)
+    upright = Image.open(tmp_path / "page.png").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    upright.rotate(90, expand=True).save(scans / "photo.jpg", quality=95, exif=exif.tobytes())
+    cfg = _cfg(tmp_path)
+    out = tmp_path / "alto"
+    report = transcribe_files(*engine, [scans], cfg, TranscribeOptions(out, segment=True))
+    assert (report.pages, report.lines) == (1, 5)
+    assert "1 page images are turned by their EXIF orientation" in "\n".join(report.summary())
+    # The ALTO names the upright copy written beside it, whose pixels its coordinates fit.
+    page = parse_alto(ET.parse(out / "photo.xml").getroot(), out / "photo.xml")
+    assert page.image_name == "photo.upright.jpg"
+    with Image.open(out / "photo.upright.jpg") as copy:
+        assert copy.size == upright.size and copy.getexif().get(0x0112, 1) == 1
+    found = [ln.box for ln in segment_page(upright)]
+    assert all(max(iou(ln.region.box, box) for box in found) > 0.8 for ln in page.lines)
+    # Read again from the ALTO (no --segment), the lines are the same.
+    again = transcribe_files(*engine, [out / "photo.xml"], cfg, TranscribeOptions(tmp_path / "again"))
+    assert again.lines == 5 and not again.upright
+    # txt names no image: the copy goes to the cache, not beside the text.
+    transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "txt", "txt", segment=True))
+    assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["photo.txt"]
+    lines = (tmp_path / "txt" / "photo.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5
+
+
 def test_segment_option_errors(tmp_path: Path, engine: Any) -> None:
     scanned_page(tmp_path / "a.png", columns=1)
     cfg = _cfg(tmp_path)

@@ -4,6 +4,7 @@ transcribe's, micro-batching across requests, limits, API key, metrics, graceful
 from __future__ import annotations
 
 import base64
+import io
 import json
 import math
 import socket
@@ -382,12 +383,23 @@ def test_bare_page_scan_is_segmented_as_transcribe_segment_does(
         blank.save(tmp_path / "blank.png")
         body, head = multipart([("image", "blank.png", (tmp_path / "blank.png").read_bytes())])
         empty_status, _, empty = call(server.url + "/v1/pages", body, head)
+        # A phone photo: pixels stored sideways, an EXIF orientation that turns them for display.
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        photo = io.BytesIO()
+        Image.open(tmp_path / "in" / "letter.png").rotate(90, expand=True).save(
+            photo, "PNG", exif=exif.tobytes()
+        )
+        body, head = multipart([("image", "photo.png", photo.getvalue())])
+        turned_status, turned, _ = call(server.url + "/v1/pages", body, head)
     assert status == 200, raw
     assert (headers["x-segmented"], headers["x-lines-read"], headers["x-lines-skipped"]) == (
         "true",
         "10",
         "0",
     )
+    assert headers["x-turned-upright"] == "false"
+    assert turned_status == 200 and (turned["x-turned-upright"], turned["x-lines-read"]) == ("true", "10")
     # The same lines, boxes, IDs and readings as the command writes.
     got, want = etree.fromstring(raw), etree.fromstring(expected)
 

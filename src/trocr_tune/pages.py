@@ -9,6 +9,7 @@ declaration. docs/transcribe.md lists what is kept and what is replaced.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
+from PIL import Image, ImageOps
 
 from .config import Config, DataConfig
 from .data.crops import PAGE_IMAGE_UNREADABLE, Crop, CropCache
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 FORMATS = ("alto", "page", "txt", "jsonl")
 SCAN = "scan"  # a planned input that is a page image, segmented before it is read
 NO_LINES_FOUND = "page image where the segmenter found no text line"
+EXIF_ORIENTATION = 0x0112  # the tag that turns a phone photo for display
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
 PAGE_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/"  # + 2013-07-15, 2019-07-15
 JSONL_NAME = "transcriptions.jsonl"
@@ -100,6 +103,7 @@ class TranscribeReport:
     outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. the model's recorded decoding, when used
+    upright: list[Path] = field(default_factory=list)  # upright copies of EXIF-turned page images
 
     def summary(self) -> list[str]:
         """The closing lines the command prints."""
@@ -111,6 +115,11 @@ class TranscribeReport:
         ]
         if self.untouched:
             rows.append(f"  {self.untouched} lines of other types (data.line_types) left as they were")
+        if self.upright:
+            rows.append(
+                f"  {len(self.upright)} page images are turned by their EXIF orientation (phone photos): "
+                f"read upright from copies, e.g. {self.upright[0]}"
+            )
         for reason, n in self.log.by_reason().most_common():
             rows.append(f"  skipped {n}: {reason}, e.g. {', '.join(self.log.examples.get(reason, []))}")
         if self.ignored:
@@ -497,9 +506,21 @@ def _pages(
     for xml, _, kind, output in planned:
         rel = str(xml)
         if kind == SCAN:
-            scanned = _segmented(xml, report.log)
+            # The ALTO names the upright copy, so it goes beside it; txt and jsonl name no image.
+            beside = output.parent if output is not None and output.suffix == ".xml" else None
+            elsewhere = (
+                cache.root.parent / "upright" / hashlib.sha1(str(xml.resolve()).encode()).hexdigest()[:16]
+            )
+            try:
+                source = upright_image(xml, beside or elsewhere)
+            except ImageProblem as problem:
+                report.log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", rel)
+                continue
+            if source != xml:
+                report.upright.append(source)
+            scanned = _segmented(source, report.log, rel)
             if scanned is not None:
-                lines, untouched = page_lines(scanned, xml, data, cache, report.log, rel)
+                lines, untouched = page_lines(scanned, source, data, cache, report.log, rel)
                 yield _Pending(scanned, rel, output, lines)
             continue
         try:
@@ -533,15 +554,37 @@ def scan_alto(image: Path, image_name: str | None = None) -> bytes | None:
     return alto_for(image_name or image.name, picture.size, lines) if lines else None
 
 
-def _segmented(image: Path, log: DropLog) -> Document | None:
-    """The page image's lines as an ALTO document; None (logged) when unreadable or blank."""
+def upright_image(image: Path, folder: Path) -> Path:
+    """`image`, or where its EXIF orientation turns it for display (a phone photo), an upright copy
+    `NAME.upright.EXT` written to `folder`: lines are found and read on the page as every viewer
+    shows it, and the ALTO names a file its coordinates fit (kraken reads the stored pixels).
+    Raises ImageProblem for an unreadable image."""
+    with open_image(image) as opened:
+        try:
+            orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
+        except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the pixels as stored
+            orientation = 1
+        if orientation not in range(2, 9):
+            return image
+        turned = ImageOps.exif_transpose(decoded(opened))
+    target = folder / f"{image.stem}.upright{image.suffix}"
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    kind = Image.registered_extensions().get(image.suffix.lower(), "PNG")
+    turned.save(buffer, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def _segmented(image: Path, log: DropLog, rel: str) -> Document | None:
+    """The page image's lines as an ALTO document; None (logged as `rel`) when unreadable or blank."""
     try:
         raw = scan_alto(image)
     except ImageProblem as problem:
-        log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", str(image))
+        log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", rel)
         return None
     if raw is None:
-        log.drop(NO_LINES_FOUND, str(image))
+        log.drop(NO_LINES_FOUND, rel)
         return None
     return parse_document(raw, "alto", image.with_suffix(".xml"))
 
@@ -661,6 +704,7 @@ def _merge(
         merged.pages += report.pages
         merged.lines += report.lines
         merged.untouched += report.untouched
+        merged.upright += report.upright
         merged.log.merge(report.log)
         merged.outputs += report.outputs
         merged.seconds = max(merged.seconds, report.seconds)

@@ -37,7 +37,7 @@ from ..config import Config
 from ..data.images import ImageProblem, image_problem, open_image
 from ..decoding import Prediction
 from ..errors import UserError
-from ..pages import NO_LINES_FOUND, confidence_of, fill_page, scan_alto
+from ..pages import NO_LINES_FOUND, confidence_of, fill_page, scan_alto, upright_image
 from .batching import Batcher, BatchStats, Closed, Decoder, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import ServeSettings
@@ -463,7 +463,8 @@ def create_app(
         "the same document with every TextLine's text replaced, as `trocr-tune transcribe` writes it "
         "(application/xml); headers X-Lines-Read, X-Lines-Skipped and X-Lines-Untouched count the lines. "
         "Without `xml`, the built-in segmenter finds the page's lines (as `transcribe --segment`) and "
-        "the answer is a new ALTO v4 document (header X-Segmented: true).",
+        "the answer is a new ALTO v4 document (header X-Segmented: true); a photo turned by its EXIF "
+        "orientation is read upright, its coordinates those of the upright page (X-Turned-Upright: true).",
         response_class=Response,
         openapi_extra=PAGES_BODY,
     )
@@ -484,10 +485,15 @@ def create_app(
             raw = await xml.read() if isinstance(xml, UploadFile) else str(xml).encode("utf-8")
             name = (xml.filename if isinstance(xml, UploadFile) else None) or "page.xml"
         folder = new_folder()
+        turned = False
         try:
             try:
                 page_image = await run_in_threadpool(store_image, folder, image_name, await image.read())
                 if xml is None:
+                    # A phone photo is read as it is shown: the found lines' coordinates are upright.
+                    stored = page_image
+                    page_image = str(await run_in_threadpool(upright_image, Path(stored), folder))
+                    turned = page_image != stored
                     found = await run_in_threadpool(scan_alto, Path(page_image), image_name)
                     if found is None:
                         raise ApiError(422, f"nothing transcribed: {NO_LINES_FOUND}")
@@ -510,6 +516,7 @@ def create_app(
                 "X-Lines-Skipped": str(filled.log.total()),
                 "X-Lines-Untouched": str(filled.untouched),
                 "X-Segmented": "true" if xml is None else "false",
+                "X-Turned-Upright": "true" if turned else "false",
             }
             return Response(filled.xml, media_type="application/xml", headers=headers)
         finally:
