@@ -206,7 +206,7 @@ def test_phone_photo_turned_by_exif_is_read_upright(tmp_path: Path, engine: Any)
     out = tmp_path / "alto"
     report = transcribe_files(*engine, [scans], cfg, TranscribeOptions(out, segment=True))
     assert (report.pages, report.lines) == (1, 5)
-    assert "1 page images are turned by their EXIF orientation" in "\n".join(report.summary())
+    assert "1 pages read from upright copies" in "\n".join(report.summary())
     # The ALTO names the upright copy written beside it, whose pixels its coordinates fit.
     page = parse_alto(ET.parse(out / "photo.xml").getroot(), out / "photo.xml")
     assert page.image_name == "photo.upright.jpg"
@@ -216,12 +216,38 @@ def test_phone_photo_turned_by_exif_is_read_upright(tmp_path: Path, engine: Any)
     assert all(max(iou(ln.region.box, box) for box in found) > 0.8 for ln in page.lines)
     # Read again from the ALTO (no --segment), the lines are the same.
     again = transcribe_files(*engine, [out / "photo.xml"], cfg, TranscribeOptions(tmp_path / "again"))
-    assert again.lines == 5 and not again.upright
+    assert again.lines == 5 and not again.copies
     # txt names no image: the copy goes to the cache, not beside the text.
     transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "txt", "txt", segment=True))
     assert sorted(p.name for p in (tmp_path / "txt").iterdir()) == ["photo.txt"]
     lines = (tmp_path / "txt" / "photo.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5
+
+
+def test_multi_page_tiff_is_read_page_by_page(tmp_path: Path, engine: Any) -> None:
+    scanned_page(tmp_path / "one.png")
+    scanned_page(tmp_path / "two.png", columns=1)
+    first, second = (Image.open(tmp_path / name) for name in ("one.png", "two.png"))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    first.save(scans / "register.tif", save_all=True, append_images=[second], compression="tiff_lzw")
+    cfg = _cfg(tmp_path)
+    report = transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "alto", segment=True))
+    assert (report.files, report.pages, report.lines) == (1, 2, 15)
+    # Page 1 is the file itself; page 2 is read from its own copy, which its ALTO names.
+    alto = tmp_path / "alto"
+    pages = [
+        parse_alto(ET.parse(alto / name).getroot(), alto / name)
+        for name in ("register.xml", "register.p2.xml")
+    ]
+    assert [p.image_name for p in pages] == ["register.tif", "register.p2.tif"]
+    assert [len(p.lines) for p in pages] == [10, 5]
+    with Image.open(alto / "register.p2.tif") as copy:
+        assert copy.size == second.size and getattr(copy, "n_frames", 1) == 1
+    transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "j", "jsonl", segment=True))
+    rows = [json.loads(row) for row in (tmp_path / "j" / JSONL_NAME).read_text(encoding="utf-8").splitlines()]
+    named = [row["page"] for row in rows]
+    assert named == [str(scans / "register.tif")] * 10 + [f"{scans / 'register.tif'}#page=2"] * 5
 
 
 def test_segment_option_errors(tmp_path: Path, engine: Any) -> None:

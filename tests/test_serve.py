@@ -392,6 +392,11 @@ def test_bare_page_scan_is_segmented_as_transcribe_segment_does(
         )
         body, head = multipart([("image", "photo.png", photo.getvalue())])
         turned_status, turned, _ = call(server.url + "/v1/pages", body, head)
+        register = io.BytesIO()
+        letter = Image.open(tmp_path / "in" / "letter.png").convert("L")
+        letter.save(register, "TIFF", save_all=True, append_images=[letter], compression="tiff_lzw")
+        body, head = multipart([("image", "register.tif", register.getvalue())])
+        several_status, _, several = call(server.url + "/v1/pages", body, head)
     assert status == 200, raw
     assert (headers["x-segmented"], headers["x-lines-read"], headers["x-lines-skipped"]) == (
         "true",
@@ -399,6 +404,7 @@ def test_bare_page_scan_is_segmented_as_transcribe_segment_does(
         "0",
     )
     assert headers["x-turned-upright"] == "false"
+    assert several_status == 422 and b"2 pages in one file" in several
     assert turned_status == 200 and (turned["x-turned-upright"], turned["x-lines-read"]) == ("true", "10")
     # The same lines, boxes, IDs and readings as the command writes.
     got, want = etree.fromstring(raw), etree.fromstring(expected)

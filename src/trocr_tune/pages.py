@@ -103,7 +103,7 @@ class TranscribeReport:
     outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. the model's recorded decoding, when used
-    upright: list[Path] = field(default_factory=list)  # upright copies of EXIF-turned page images
+    copies: list[Path] = field(default_factory=list)  # pages read from copies: turned photos, TIFF pages
 
     def summary(self) -> list[str]:
         """The closing lines the command prints."""
@@ -115,10 +115,10 @@ class TranscribeReport:
         ]
         if self.untouched:
             rows.append(f"  {self.untouched} lines of other types (data.line_types) left as they were")
-        if self.upright:
+        if self.copies:
             rows.append(
-                f"  {len(self.upright)} page images are turned by their EXIF orientation (phone photos): "
-                f"read upright from copies, e.g. {self.upright[0]}"
+                f"  {len(self.copies)} pages read from upright copies (photos turned by their EXIF "
+                f"orientation, later pages of multi-page TIFFs), e.g. {self.copies[0]}"
             )
         for reason, n in self.log.by_reason().most_common():
             rows.append(f"  skipped {n}: {reason}, e.g. {', '.join(self.log.examples.get(reason, []))}")
@@ -506,22 +506,24 @@ def _pages(
     for xml, _, kind, output in planned:
         rel = str(xml)
         if kind == SCAN:
-            # The ALTO names the upright copy, so it goes beside it; txt and jsonl name no image.
+            # The ALTO names the copy it was read from, so that goes beside it; txt and jsonl name none.
             beside = output.parent if output is not None and output.suffix == ".xml" else None
             elsewhere = (
-                cache.root.parent / "upright" / hashlib.sha1(str(xml.resolve()).encode()).hexdigest()[:16]
+                cache.root.parent / "pages" / hashlib.sha1(str(xml.resolve()).encode()).hexdigest()[:16]
             )
             try:
-                source = upright_image(xml, beside or elsewhere)
+                sources = page_images(xml, beside or elsewhere)
             except ImageProblem as problem:
                 report.log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", rel)
                 continue
-            if source != xml:
-                report.upright.append(source)
-            scanned = _segmented(source, report.log, rel)
-            if scanned is not None:
-                lines, untouched = page_lines(scanned, source, data, cache, report.log, rel)
-                yield _Pending(scanned, rel, output, lines)
+            report.copies += [source for source in sources if source != xml]
+            for n, source in enumerate(sources):
+                # The later pages of a multi-page TIFF are named as PDF pages are (RFC 8118).
+                name, written = (rel, output) if n == 0 else (f"{rel}#page={n + 1}", _nth(output, n))
+                scanned = _segmented(source, report.log, name)
+                if scanned is not None:
+                    lines, untouched = page_lines(scanned, source, data, cache, report.log, name)
+                    yield _Pending(scanned, name, written, lines)
             continue
         try:
             doc = read_document(xml, kind)
@@ -554,26 +556,52 @@ def scan_alto(image: Path, image_name: str | None = None) -> bytes | None:
     return alto_for(image_name or image.name, picture.size, lines) if lines else None
 
 
-def upright_image(image: Path, folder: Path) -> Path:
-    """`image`, or where its EXIF orientation turns it for display (a phone photo), an upright copy
-    `NAME.upright.EXT` written to `folder`: lines are found and read on the page as every viewer
-    shows it, and the ALTO names a file its coordinates fit (kraken reads the stored pixels).
-    Raises ImageProblem for an unreadable image."""
+def page_images(image: Path, folder: Path) -> list[Path]:
+    """The pages of a page image file, each as a file whose stored pixels are upright: the file
+    itself where it holds one page stored upright; otherwise copies written to `folder`:
+    `NAME.upright.EXT` for a photo that its EXIF orientation turns for display (as phones store
+    them), `NAME.p2.EXT` ... for the later pages of a multi-page TIFF. Lines are found and read on
+    the page as every viewer shows it, and the ALTO names a file its coordinates fit (kraken reads
+    the stored pixels, never the tag). Raises ImageProblem for an unreadable image."""
+    pages: list[Path] = []
     with open_image(image) as opened:
-        try:
-            orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
-        except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the pixels as stored
-            orientation = 1
-        if orientation not in range(2, 9):
-            return image
-        turned = ImageOps.exif_transpose(decoded(opened))
-    target = folder / f"{image.stem}.upright{image.suffix}"
-    folder.mkdir(parents=True, exist_ok=True)
+        # Reduced-resolution copies of a page (TIFF NewSubfileType bit 0) are no pages of their own.
+        frames = [0]
+        if opened.format == "TIFF":
+            frames = []
+            for k in range(getattr(opened, "n_frames", 1)):
+                opened.seek(k)
+                if not int(getattr(opened, "tag_v2", {}).get(254, 0)) & 1:
+                    frames.append(k)
+        for n, k in enumerate(frames):
+            opened.seek(k)
+            try:
+                orientation = opened.getexif().get(EXIF_ORIENTATION, 1)
+            except (OSError, ValueError, SyntaxError):  # a broken EXIF block: the pixels as stored
+                orientation = 1
+            turned = orientation in range(2, 9)
+            if n == 0 and k == 0 and not turned:
+                pages.append(image)
+                continue
+            page = decoded(opened)
+            page = ImageOps.exif_transpose(page) if turned else page.copy()
+            name = f"{image.stem}{f'.p{n + 1}' if n else ''}{'.upright' if turned else ''}{image.suffix}"
+            pages.append(_write_image(page, folder / name))
+    return pages
+
+
+def _write_image(image: Image.Image, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    kind = Image.registered_extensions().get(image.suffix.lower(), "PNG")
-    turned.save(buffer, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
+    kind = Image.registered_extensions().get(target.suffix.lower(), "PNG")
+    image.save(buffer, format=kind, **({"quality": 95} if kind == "JPEG" else {}))
     atomic_write_bytes(target, buffer.getvalue())
     return target
+
+
+def _nth(output: Path | None, n: int) -> Path | None:
+    """Where page n + 1 (> 1) of a multi-page image file goes: NAME.pN.xml / .txt."""
+    return None if output is None else output.with_name(f"{output.stem}.p{n + 1}{output.suffix}")
 
 
 def _segmented(image: Path, log: DropLog, rel: str) -> Document | None:
@@ -704,7 +732,7 @@ def _merge(
         merged.pages += report.pages
         merged.lines += report.lines
         merged.untouched += report.untouched
-        merged.upright += report.upright
+        merged.copies += report.copies
         merged.log.merge(report.log)
         merged.outputs += report.outputs
         merged.seconds = max(merged.seconds, report.seconds)

@@ -37,7 +37,7 @@ from ..config import Config
 from ..data.images import ImageProblem, image_problem, open_image
 from ..decoding import Prediction
 from ..errors import UserError
-from ..pages import NO_LINES_FOUND, confidence_of, fill_page, scan_alto, upright_image
+from ..pages import NO_LINES_FOUND, confidence_of, fill_page, page_images, scan_alto
 from .batching import Batcher, BatchStats, Closed, Decoder, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .settings import ServeSettings
@@ -491,9 +491,12 @@ def create_app(
                 page_image = await run_in_threadpool(store_image, folder, image_name, await image.read())
                 if xml is None:
                     # A phone photo is read as it is shown: the found lines' coordinates are upright.
-                    stored = page_image
-                    page_image = str(await run_in_threadpool(upright_image, Path(stored), folder))
-                    turned = page_image != stored
+                    pages = await run_in_threadpool(page_images, Path(page_image), folder / "pages")
+                    if len(pages) > 1:
+                        raise ApiError(
+                            422, f"page image: {len(pages)} pages in one file: send one page a request"
+                        )
+                    turned, page_image = str(pages[0]) != page_image, str(pages[0])
                     found = await run_in_threadpool(scan_alto, Path(page_image), image_name)
                     if found is None:
                         raise ApiError(422, f"nothing transcribed: {NO_LINES_FOUND}")
