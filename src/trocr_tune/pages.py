@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from .config import Config, DataConfig
 from .data.crops import PAGE_IMAGE_UNREADABLE, Crop, CropCache
-from .data.images import ImageProblem, decoded, open_image, to_rgb
+from .data.images import UNREADABLE_IMAGE, ImageProblem, decoded, open_image, to_rgb
 from .data.layouts.xml_pages import (
     IMAGE_EXTENSIONS,
     NO_GEOMETRY,
@@ -568,11 +568,15 @@ def page_images(image: Path, folder: Path) -> list[Path]:
         # Reduced-resolution copies of a page (TIFF NewSubfileType bit 0) are no pages of their own.
         frames = [0]
         if opened.format == "TIFF":
-            frames = []
-            for k in range(getattr(opened, "n_frames", 1)):
-                opened.seek(k)
-                if not int(getattr(opened, "tag_v2", {}).get(254, 0)) & 1:
-                    frames.append(k)
+            try:
+                frames = []
+                for k in range(getattr(opened, "n_frames", 1)):
+                    opened.seek(k)
+                    if not int(getattr(opened, "tag_v2", {}).get(254, 0)) & 1:
+                        frames.append(k)
+            except (OSError, EOFError, ValueError):  # a broken page directory
+                raise ImageProblem(str(image), UNREADABLE_IMAGE) from None
+            frames = frames or [0]
         for n, k in enumerate(frames):
             opened.seek(k)
             try:
@@ -585,7 +589,8 @@ def page_images(image: Path, folder: Path) -> list[Path]:
                 continue
             page = decoded(opened)
             page = ImageOps.exif_transpose(page) if turned else page.copy()
-            name = f"{image.stem}{f'.p{n + 1}' if n else ''}{'.upright' if turned else ''}{image.suffix}"
+            # Never the input's own name: the copy may go to the input's folder.
+            name = f"{image.stem}{f'.p{n + 1}' if n or k else ''}{'.upright' if turned else ''}{image.suffix}"
             pages.append(_write_image(page, folder / name))
     return pages
 
