@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU wheel of torch; override (e.g. TORCH_SPEC="torch --index-url ...") on other machines.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,onnx,openvino,hf,serve
+EXTRAS ?= dev,onnx,openvino,hf,serve,pdf
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import xml.etree.ElementTree as ET
 from importlib import resources
 from pathlib import Path
@@ -250,12 +251,42 @@ def test_multi_page_tiff_is_read_page_by_page(tmp_path: Path, engine: Any) -> No
     assert named == [str(scans / "register.tif")] * 10 + [f"{scans / 'register.tif'}#page=2"] * 5
 
 
+def test_pdf_pages_are_rendered_and_read(
+    tmp_path: Path, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pypdfium2")
+    scanned_page(tmp_path / "one.png")
+    scanned_page(tmp_path / "two.png", columns=1)
+    first, second = (Image.open(tmp_path / name).convert("RGB") for name in ("one.png", "two.png"))
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    # A scanned document: each page one image at 100 dpi, rendered back at its own pixels.
+    first.save(scans / "letters.pdf", save_all=True, append_images=[second], resolution=100)
+    (scans / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    cfg = _cfg(tmp_path)
+    report = transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "alto", segment=True))
+    assert (report.files, report.pages, report.lines) == (2, 2, 15)
+    assert sum(n for reason, n in report.log.by_reason().items() if "unreadable" in reason) == 1
+    alto = tmp_path / "alto"
+    pages = [
+        parse_alto(ET.parse(alto / name).getroot(), alto / name) for name in ("letters.xml", "letters.p2.xml")
+    ]
+    assert [p.image_name for p in pages] == ["letters.p1.jpg", "letters.p2.jpg"]
+    assert [len(p.lines) for p in pages] == [10, 5]
+    with Image.open(alto / "letters.p2.jpg") as page:
+        assert abs(page.width - second.width) <= 2 and abs(page.height - second.height) <= 2
+    # Without the extra, one line says what to install.
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)
+    with pytest.raises(UserError, match=r"pip install 'trocr-tune\[pdf\]'"):
+        transcribe_files(*engine, [scans], cfg, TranscribeOptions(tmp_path / "again", segment=True))
+
+
 def test_segment_option_errors(tmp_path: Path, engine: Any) -> None:
     scanned_page(tmp_path / "a.png", columns=1)
     cfg = _cfg(tmp_path)
     out = tmp_path / "out"
     for inputs, options, message in (
-        ([tmp_path / "a.png"], TranscribeOptions(out), "is an image: pass --segment"),
+        ([tmp_path / "a.png"], TranscribeOptions(out), "is a page image: pass --segment"),
         ([tmp_path / "a.png"], TranscribeOptions(in_place=True, segment=True), "instead of --in-place"),
         ([tmp_path / "a.png"], TranscribeOptions(out, "page", segment=True), "--segment writes ALTO"),
         ([tmp_path / "cfg.xml"], TranscribeOptions(out, segment=True), "not found"),
@@ -299,7 +330,7 @@ def test_cli_image_without_segment_is_one_line_error(
         main(["transcribe", MODEL, str(tmp_path / "letter.png"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("trocr-tune: error: ") and "is an image: pass --segment" in last, last
+    assert last.startswith("trocr-tune: error: ") and "is a page image: pass --segment" in last, last
 
 
 # --- Real pages (skipped where ../shared/data is absent) -------------------------------------------

@@ -701,8 +701,8 @@ TRANSCRIBE_FORMATS = ("alto", "page", "txt", "jsonl")  # pages.FORMATS (a test k
     is_flag=True,
     help="Inputs are bare page images (files, or folders searched for images): find their lines "
     "with the built-in segmenter and write each page as ALTO v4 (OUT/NAME.xml), txt or jsonl. "
-    "Photos turned by their EXIF orientation are read upright and the later pages of a multi-page "
-    "TIFF one by one, from copies written beside the ALTO that names them (OUT/NAME.pN.tif).",
+    "Photos turned by their EXIF orientation are read upright, multi-page TIFFs and PDFs (extra pdf) "
+    "page by page, from copies written beside the ALTO that names them (OUT/NAME.pN.tif).",
 )
 @click.option(
     "--config",

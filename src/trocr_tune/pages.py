@@ -50,6 +50,10 @@ FORMATS = ("alto", "page", "txt", "jsonl")
 SCAN = "scan"  # a planned input that is a page image, segmented before it is read
 NO_LINES_FOUND = "page image where the segmenter found no text line"
 EXIF_ORIENTATION = 0x0112  # the tag that turns a phone photo for display
+PAGE_FILES = (*IMAGE_EXTENSIONS, ".pdf")
+PDF_DPI = 300  # PDF pages without a scanned image are rendered at this resolution ...
+PDF_DPI_RANGE = (72, 600)  # ... and scanned ones (an image over half the page) at the image's own
+PDF_MAX_SIDE = 10_000  # px: the longest side a rendered page may have
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/"  # + ns-v2#, ns-v3#, ns-v4#
 PAGE_NAMESPACE = "http://schema.primaresearch.org/PAGE/gts/pagecontent/"  # + 2013-07-15, 2019-07-15
 JSONL_NAME = "transcriptions.jsonl"
@@ -118,7 +122,7 @@ class TranscribeReport:
         if self.copies:
             rows.append(
                 f"  {len(self.copies)} pages read from upright copies (photos turned by their EXIF "
-                f"orientation, later pages of multi-page TIFFs), e.g. {self.copies[0]}"
+                f"orientation, pages of multi-page TIFFs and PDFs), e.g. {self.copies[0]}"
             )
         for reason, n in self.log.by_reason().most_common():
             rows.append(f"  skipped {n}: {reason}, e.g. {', '.join(self.log.examples.get(reason, []))}")
@@ -360,30 +364,40 @@ def find_xml_files(
         path = Path(os.path.expanduser(str(item)))
         if path.is_dir():
             if segment:
-                files = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+                files = sorted(p for p in path.rglob("*") if p.is_file() and is_page_file(p))
                 if not files:
-                    raise UserError(f"{path}: no page images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+                    raise UserError(f"{path}: no page images ({', '.join(PAGE_FILES)}) in this folder")
             else:
                 files = sorted(p for p in path.glob(glob) if p.is_file())
                 if not files:
                     raise UserError(f"{path}: no XML files match {glob!r} in this folder (set data.xml_glob)")
             found += [(p, path) for p in files]
         elif path.is_file():
-            if segment and not is_image(path):
-                raise UserError(f"{path}: --segment reads page images ({', '.join(IMAGE_EXTENSIONS)})")
-            if not segment and is_image(path):
+            if segment and not is_page_file(path):
+                raise UserError(f"{path}: --segment reads page images ({', '.join(PAGE_FILES)})")
+            if not segment and is_page_file(path):
                 raise UserError(
-                    f"{path} is an image: pass --segment to find its lines with the built-in segmenter, "
+                    f"{path} is a page image: pass --segment to find its lines with the built-in segmenter, "
                     f"or give the ALTO/PAGE file that holds its lines"
                 )
             found.append((path, path.parent))
         else:
             raise UserError(f"not found: {path}")
+    if segment and any(p.suffix.lower() == ".pdf" for p, _ in found):
+        try:
+            import pypdfium2  # noqa: F401
+        except ImportError:
+            raise UserError("reading PDF pages needs the extra pdf: pip install 'trocr-tune[pdf]'") from None
     return found
 
 
 def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_page_file(path: Path) -> bool:
+    """A file --segment reads pages from: an image, or a PDF (its pages rendered)."""
+    return path.suffix.lower() in PAGE_FILES
 
 
 def _output_path(xml: Path, base: Path, options: TranscribeOptions) -> Path | None:
@@ -518,7 +532,7 @@ def _pages(
                 continue
             report.copies += [source for source in sources if source != xml]
             for n, source in enumerate(sources):
-                # The later pages of a multi-page TIFF are named as PDF pages are (RFC 8118).
+                # The later pages of a multi-page file are named as PDF pages are (RFC 8118).
                 name, written = (rel, output) if n == 0 else (f"{rel}#page={n + 1}", _nth(output, n))
                 scanned = _segmented(source, report.log, name)
                 if scanned is not None:
@@ -560,9 +574,12 @@ def page_images(image: Path, folder: Path) -> list[Path]:
     """The pages of a page image file, each as a file whose stored pixels are upright: the file
     itself where it holds one page stored upright; otherwise copies written to `folder`:
     `NAME.upright.EXT` for a photo that its EXIF orientation turns for display (as phones store
-    them), `NAME.p2.EXT` ... for the later pages of a multi-page TIFF. Lines are found and read on
+    them), `NAME.p2.EXT` ... for the later pages of a multi-page TIFF, `NAME.pN.jpg` for the
+    pages of a PDF. Lines are found and read on
     the page as every viewer shows it, and the ALTO names a file its coordinates fit (kraken reads
     the stored pixels, never the tag). Raises ImageProblem for an unreadable image."""
+    if image.suffix.lower() == ".pdf":
+        return _pdf_pages(image, folder)
     pages: list[Path] = []
     with open_image(image) as opened:
         # Reduced-resolution copies of a page (TIFF NewSubfileType bit 0) are no pages of their own.
@@ -592,6 +609,42 @@ def page_images(image: Path, folder: Path) -> list[Path]:
             # Never the input's own name: the copy may go to the input's folder.
             name = f"{image.stem}{f'.p{n + 1}' if n or k else ''}{'.upright' if turned else ''}{image.suffix}"
             pages.append(_write_image(page, folder / name))
+    return pages
+
+
+def _pdf_pages(pdf: Path, folder: Path) -> list[Path]:
+    """Each page of a PDF rendered to `NAME.pN.jpg` in `folder`, at the resolution of the page's
+    scanned image where it has one (a scanned document), else at PDF_DPI."""
+    import pypdfium2 as pdfium
+
+    pages: list[Path] = []
+    try:
+        document = pdfium.PdfDocument(str(pdf))
+    except pdfium.PdfiumError:  # corrupt, encrypted
+        raise ImageProblem(str(pdf), UNREADABLE_IMAGE) from None
+    try:
+        for n in range(len(document)):
+            page = document[n]
+            width, height = page.get_size()  # points (1/72 inch)
+            dpi = float(PDF_DPI)
+            scans = [
+                (obj.get_px_size()[0], obj.get_bounds())
+                for obj in page.get_objects(filter=[pdfium.raw.FPDF_PAGEOBJ_IMAGE])
+            ]
+            if scans:  # a scanned page: its image's own pixels, neither blurred nor blown up
+                px, (x0, y0, x1, y1) = max(scans, key=lambda s: (s[1][2] - s[1][0]) * (s[1][3] - s[1][1]))
+                if x1 > x0 and (x1 - x0) * (y1 - y0) >= 0.5 * width * height:
+                    dpi = min(max(px / (x1 - x0) * 72, PDF_DPI_RANGE[0]), PDF_DPI_RANGE[1])
+            scale = min(dpi / 72, PDF_MAX_SIDE / max(width, height, 1))
+            picture = page.render(scale=scale, grayscale=False).to_pil().convert("RGB")
+            pages.append(_write_image(picture, folder / f"{pdf.stem}.p{n + 1}.jpg"))
+            page.close()
+    except pdfium.PdfiumError:
+        raise ImageProblem(str(pdf), UNREADABLE_IMAGE) from None
+    finally:
+        document.close()
+    if not pages:
+        raise ImageProblem(str(pdf), "a PDF without pages")
     return pages
 
 
