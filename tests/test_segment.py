@@ -207,7 +207,7 @@ def test_phone_photo_turned_by_exif_is_read_upright(tmp_path: Path, engine: Any)
     out = tmp_path / "alto"
     report = transcribe_files(*engine, [scans], cfg, TranscribeOptions(out, segment=True))
     assert (report.pages, report.lines) == (1, 5)
-    assert "1 pages read from upright copies" in "\n".join(report.summary())
+    assert "1 pages read from copies (photos turned upright" in "\n".join(report.summary())
     # The ALTO names the upright copy written beside it, whose pixels its coordinates fit.
     page = parse_alto(ET.parse(out / "photo.xml").getroot(), out / "photo.xml")
     assert page.image_name == "photo.upright.jpg"

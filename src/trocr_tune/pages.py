@@ -107,7 +107,7 @@ class TranscribeReport:
     outputs: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. the model's recorded decoding, when used
-    copies: list[Path] = field(default_factory=list)  # pages read from copies: turned photos, TIFF pages
+    copies: list[Path] = field(default_factory=list)  # pages read from copies (turned, TIFF, PDF)
 
     def summary(self) -> list[str]:
         """The closing lines the command prints."""
@@ -121,7 +121,7 @@ class TranscribeReport:
             rows.append(f"  {self.untouched} lines of other types (data.line_types) left as they were")
         if self.copies:
             rows.append(
-                f"  {len(self.copies)} pages read from upright copies (photos turned by their EXIF "
+                f"  {len(self.copies)} pages read from copies (photos turned upright by their EXIF "
                 f"orientation, pages of multi-page TIFFs and PDFs), e.g. {self.copies[0]}"
             )
         for reason, n in self.log.by_reason().most_common():
