@@ -391,10 +391,6 @@ def find_xml_files(
     return found
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def is_page_file(path: Path) -> bool:
     """A file --segment reads pages from: an image, or a PDF (its pages rendered)."""
     return path.suffix.lower() in PAGE_FILES
@@ -575,9 +571,9 @@ def page_images(image: Path, folder: Path) -> list[Path]:
     itself where it holds one page stored upright; otherwise copies written to `folder`:
     `NAME.upright.EXT` for a photo that its EXIF orientation turns for display (as phones store
     them), `NAME.p2.EXT` ... for the later pages of a multi-page TIFF, `NAME.pN.jpg` for the
-    pages of a PDF. Lines are found and read on
-    the page as every viewer shows it, and the ALTO names a file its coordinates fit (kraken reads
-    the stored pixels, never the tag). Raises ImageProblem for an unreadable image."""
+    pages of a PDF. Lines are found and read on the page as every viewer shows it, and the ALTO
+    names a file its coordinates fit (kraken reads the stored pixels, never the tag). Raises
+    ImageProblem for an unreadable image."""
     if image.suffix.lower() == ".pdf":
         return _pdf_pages(image, folder)
     pages: list[Path] = []
