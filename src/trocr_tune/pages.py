@@ -517,12 +517,14 @@ def _pages(
         rel = str(xml)
         if kind == SCAN:
             # The ALTO names the copy it was read from, so that goes beside it; txt and jsonl name none.
-            beside = output.parent if output is not None and output.suffix == ".xml" else None
-            elsewhere = (
-                cache.root.parent / "pages" / hashlib.sha1(str(xml.resolve()).encode()).hexdigest()[:16]
-            )
+            if output is not None and output.suffix == ".xml":
+                folder = output.parent
+            else:
+                folder = (
+                    cache.root.parent / "pages" / hashlib.sha1(str(xml.resolve()).encode()).hexdigest()[:16]
+                )
             try:
-                sources = page_images(xml, beside or elsewhere)
+                sources = page_images(xml, folder)
             except ImageProblem as problem:
                 report.log.drop(f"{PAGE_IMAGE_UNREADABLE} ({problem.reason})", rel)
                 continue
@@ -645,7 +647,6 @@ def _pdf_pages(pdf: Path, folder: Path) -> list[Path]:
 
 
 def _write_image(image: Image.Image, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     kind = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     image.save(buffer, format=kind, **({"quality": 95} if kind == "JPEG" else {}))

@@ -105,7 +105,7 @@ def _writing(mask: np.ndarray) -> tuple[np.ndarray, int, bool]:
         order = np.argsort(height[keep])
         mass = np.cumsum(area[keep][order])
         writing = float(height[keep][order][np.searchsorted(mass, mass[-1] / 2)])
-        extent = _line_height(profile, 1)
+        extent = _line_height(profile)
         if extent <= ONE_LINE * writing:
             pitch, one_line = extent, True
     keep &= ~((height > 1.2 * pitch) & (height > 1.5 * width))
@@ -145,11 +145,11 @@ def _line_pitch(profile: np.ndarray, lo: int = 12, hi: int = 200) -> tuple[int, 
     return lo + first, True
 
 
-def _line_height(profile: np.ndarray, lo: int) -> int:
+def _line_height(profile: np.ndarray) -> int:
     """Rows holding the ink of one line, its faintest 2% at either end left out."""
     mass = np.cumsum(profile)
     top, bottom = np.searchsorted(mass, [0.02 * mass[-1], 0.98 * mass[-1]])
-    return max(lo, int(bottom - top) + 1)
+    return int(bottom - top) + 1
 
 
 def _columns(mask: np.ndarray, pitch: int) -> list[tuple[int, int]]:
